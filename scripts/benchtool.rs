@@ -1,0 +1,154 @@
+//! Measurement helpers for scripts/bench.sh, compiled with `rustc -O` (std only):
+//!
+//!   benchtool spawn-baseline THREADS SECONDS   rate at which one process can spawn `cat` and
+//!                                              round-trip 1 KiB through it (the ceiling for
+//!                                              fork modes on this machine)
+//!   benchtool startup BINARY RUNS PORT         time from spawning the watchdog to its first
+//!                                              200 on GET /_/health (median, min, max)
+//!   benchtool latency URL REQUESTS             sequential GETs on one keep-alive connection:
+//!                                              p50/p99 latency in microseconds
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+    match arg(0).as_str() {
+        "spawn-baseline" => spawn_baseline(arg(1).parse().unwrap_or(16), arg(2).parse().unwrap_or(5.0)),
+        "startup" => startup(&arg(1), arg(2).parse().unwrap_or(20), arg(3).parse().unwrap_or(18700)),
+        "latency" => latency(&arg(1), arg(2).parse().unwrap_or(2000)),
+        _ => {
+            eprintln!("usage: benchtool spawn-baseline THREADS SECONDS | startup BINARY RUNS PORT | latency HOST:PORT/PATH REQUESTS");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn round_trip(payload: &[u8]) -> bool {
+    let Ok(mut child) = Command::new("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        return false;
+    };
+    let Some(mut stdin) = child.stdin.take() else { return false };
+    let ok = stdin.write_all(payload).is_ok();
+    drop(stdin);
+    let mut out = Vec::new();
+    let read = child.stdout.take().map(|mut s| s.read_to_end(&mut out).is_ok()).unwrap_or(false);
+    let status = child.wait().map(|s| s.success()).unwrap_or(false);
+    ok && read && status && out == payload
+}
+
+fn spawn_baseline(threads: usize, seconds: f64) {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let payload = [b'x'; 1024];
+                let mut n = 0u64;
+                while start.elapsed().as_secs_f64() < seconds {
+                    if round_trip(&payload) {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    println!("{:.0}", total as f64 / start.elapsed().as_secs_f64());
+}
+
+fn health_ok(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_nodelay(true);
+    if s.write_all(b"GET /_/health HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(n) if n >= 12 && buf.starts_with(b"HTTP/1.1 200"))
+}
+
+fn startup(binary: &str, runs: usize, port: u16) {
+    let dir = std::env::temp_dir().join(format!("benchtool-startup-{}", std::process::id()));
+    let mut times = Vec::new();
+    for i in 0..runs {
+        let p = port + (i % 50) as u16 * 2;
+        let t0 = Instant::now();
+        let Ok(mut child) = Command::new(binary)
+            .env("fprocess", "cat")
+            .env("port", p.to_string())
+            .env("metrics_port", (p + 1).to_string())
+            .env("TMPDIR", &dir)
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            eprintln!("cannot start {binary}");
+            std::process::exit(1);
+        };
+        while !health_ok(p) {
+            if t0.elapsed() > Duration::from_secs(10) {
+                eprintln!("no 200 on /_/health within 10 s");
+                std::process::exit(1);
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!("median_ms={:.2} min_ms={:.2} max_ms={:.2}", times[times.len() / 2], times[0], times[times.len() - 1]);
+}
+
+fn latency(target: &str, requests: usize) {
+    let (hostport, path) = target.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((target, "/".into()));
+    let Ok(mut s) = TcpStream::connect(hostport) else {
+        eprintln!("cannot connect to {hostport}");
+        std::process::exit(1);
+    };
+    let _ = s.set_nodelay(true);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\n\r\n");
+    let mut times = Vec::with_capacity(requests);
+    let mut buf = vec![0u8; 1 << 16];
+    for _ in 0..requests {
+        let t0 = Instant::now();
+        if s.write_all(request.as_bytes()).is_err() {
+            break;
+        }
+        // Read one response with a Content-Length body.
+        let mut got = Vec::new();
+        let total = loop {
+            let Ok(n) = s.read(&mut buf) else { break None };
+            if n == 0 {
+                break None;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    break Some(());
+                }
+            }
+        };
+        if total.is_none() {
+            eprintln!("connection closed");
+            break;
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| times.get(((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    println!("p50_us={:.1} p99_us={:.1} n={}", pct(0.5), pct(0.99), times.len());
+}

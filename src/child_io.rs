@@ -1,0 +1,251 @@
+//! The I/O of one forked function, driven by `poll(2)` from the call's own thread: stdout is
+//! handed to the caller piece by piece, stderr is relayed to the log as it comes (so a function
+//! never stalls on a full stderr pipe), and the end of the request body (fed to stdin by a
+//! helper thread when it must be read from the network) arrives as an event too.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::{ChildStderr, ChildStdin, ChildStdout};
+use std::time::Instant;
+
+use crate::exchange::{BodyError, Exchange};
+use crate::logging::FunctionLog;
+
+/// What happened next.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// `n` bytes of stdout are in the buffer.
+    Stdout(usize),
+    /// stdout reached end of file.
+    StdoutEnd,
+    /// The input feeder finished.
+    InputDone,
+    /// The deadline passed.
+    Deadline,
+}
+
+pub(crate) struct ChildIo {
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    log: FunctionLog,
+    input_done: Option<OwnedFd>,
+}
+
+/// A pipe whose read end becomes readable (end of file) when the write end is dropped.
+pub(crate) fn done_signal() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn poll(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<usize> {
+    loop {
+        let timeout = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up so we never wake just before the deadline and spin.
+                left.as_millis().saturating_add(u128::from(left.subsec_nanos() % 1_000_000 != 0)).min(i32::MAX as u128) as i32
+            }
+        };
+        // SAFETY: fds points to fds.len() initialised pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+}
+
+impl ChildIo {
+    pub(crate) fn new(
+        stdout: Option<ChildStdout>,
+        stderr: Option<ChildStderr>,
+        log: FunctionLog,
+        input_done: Option<OwnedFd>,
+    ) -> ChildIo {
+        ChildIo { stdout, stderr, log, input_done }
+    }
+
+    pub(crate) fn stdout_open(&self) -> bool {
+        self.stdout.is_some()
+    }
+
+    /// Also wake up when `fd` becomes readable (the feeder's end-of-input signal).
+    pub(crate) fn watch_input(&mut self, fd: OwnedFd) {
+        self.input_done = Some(fd);
+    }
+
+    /// Waits for the next stdout data, the end of stdout, the end of the input, or `deadline`.
+    /// Must not be called once stdout has ended and the input is done.
+    pub(crate) fn next(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<Next> {
+        loop {
+            if self.stdout.is_none() && self.input_done.is_none() {
+                return Ok(Next::StdoutEnd);
+            }
+            let mut fds = [pollfd(-1), pollfd(-1), pollfd(-1)];
+            if let Some(s) = &self.stdout {
+                fds[0].fd = s.as_raw_fd();
+            }
+            if let Some(s) = &self.stderr {
+                fds[1].fd = s.as_raw_fd();
+            }
+            if let Some(d) = &self.input_done {
+                fds[2].fd = d.as_raw_fd();
+            }
+            if poll(&mut fds, deadline)? == 0 {
+                return Ok(Next::Deadline);
+            }
+            if fds[1].revents != 0 {
+                self.pump_stderr(buf);
+            }
+            if fds[2].revents != 0 {
+                self.input_done = None;
+                return Ok(Next::InputDone);
+            }
+            if fds[0].revents != 0 {
+                if let Some(out) = &mut self.stdout {
+                    match out.read(buf) {
+                        Ok(0) | Err(_) => {
+                            self.stdout = None;
+                            return Ok(Next::StdoutEnd);
+                        }
+                        Ok(n) => return Ok(Next::Stdout(n)),
+                    }
+                }
+            }
+        }
+    }
+
+    fn pump_stderr(&mut self, buf: &mut [u8]) {
+        if let Some(err) = &mut self.stderr {
+            match err.read(buf) {
+                Ok(0) | Err(_) => {
+                    self.stderr = None;
+                    self.log.finish();
+                }
+                Ok(n) => self.log.feed(&buf[..n]),
+            }
+        }
+    }
+
+    /// After stdout has ended: relays stderr until the process `pid` has exited (it may still
+    /// be writing to stderr), then whatever stderr already holds.
+    pub(crate) fn wait_exit(&mut self, pid: u32, buf: &mut [u8]) {
+        let pidfd = pidfd_open(pid);
+        loop {
+            if exited(pid) {
+                break;
+            }
+            let Some(err) = &self.stderr else {
+                // Nothing left to relay: the caller's blocking wait is enough.
+                return;
+            };
+            let mut fds = [pollfd(err.as_raw_fd()), pollfd(pidfd.as_ref().map_or(-1, |f| f.as_raw_fd()))];
+            // Without a pidfd (Linux < 5.3), look again every 20 ms.
+            let recheck = pidfd.is_none().then(|| Instant::now() + std::time::Duration::from_millis(20));
+            match poll(&mut fds, recheck) {
+                Ok(_) if fds[0].revents != 0 => self.pump_stderr(buf),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        // The process is gone; take what its pipe still holds without waiting for holders
+        // that outlive it (they are killed with the group).
+        while let Some(err) = &self.stderr {
+            let mut fds = [pollfd(err.as_raw_fd())];
+            match poll(&mut fds, Some(Instant::now())) {
+                Ok(1) => self.pump_stderr(buf),
+                _ => break,
+            }
+        }
+        self.log.finish();
+    }
+}
+
+impl Drop for ChildIo {
+    fn drop(&mut self) {
+        self.log.finish();
+    }
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative result is a fresh descriptor we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The process has exited (it is a zombie or gone); does not reap it.
+fn exited(pid: u32) -> bool {
+    // SAFETY: info is a valid out pointer; WNOWAIT leaves the child waitable.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+    };
+    rc != 0 || unsafe { info.si_pid() } != 0
+}
+
+/// Feeds the request body to the function's stdin as it arrives (streaming mode's helper
+/// thread). If the function stops reading, the rest of the body is still read (and dropped) so
+/// the request can be answered. On a client error stdin is handed back open: the caller kills
+/// the function first, so it never sees a clean end of a truncated input.
+pub(crate) fn feed_body(
+    ex: &mut Exchange,
+    mut stdin: Option<ChildStdin>,
+    deadline: Option<Instant>,
+    done: OwnedFd,
+) -> Result<u64, (BodyError, Option<ChildStdin>)> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let result = loop {
+        match ex.read_body(&mut buf, deadline) {
+            Ok(0) => break Ok(ex.body_read()),
+            Ok(n) => {
+                if let Some(w) = &mut stdin {
+                    if w.write_all(&buf[..n]).is_err() {
+                        stdin = None;
+                    }
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    match result {
+        Ok(n) => {
+            drop(stdin);
+            drop(done);
+            Ok(n)
+        }
+        Err(e) => {
+            drop(done);
+            Err((e, stdin))
+        }
+    }
+}
+
+/// Writes `input` to stdin and closes it, ignoring a function that does not read it all.
+pub(crate) fn feed_reader(input: &mut dyn Read, mut stdin: ChildStdin) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if stdin.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(stdin);
+}

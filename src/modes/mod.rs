@@ -1,0 +1,38 @@
+//! One module per mode (SPEC §4, §5, §10.8); each turns a request into a response.
+
+mod fork;
+pub(crate) mod serializing;
+pub(crate) mod streaming;
+
+use crate::config::{Config, Mode};
+use crate::exchange::Exchange;
+use crate::server::Watchdog;
+
+/// How a call ended, for the request log line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome {
+    pub(crate) status: u16,
+    /// Response body bytes sent.
+    pub(crate) bytes: u64,
+}
+
+pub(crate) trait Handler: Send + Sync {
+    /// Answers one request. Runs on a worker thread (or the control pool for `ready_path`).
+    fn handle(&self, ex: Exchange, wd: &Watchdog) -> Outcome;
+
+    /// Blocks until the mode can take calls (http mode: its upstream accepts connections).
+    fn wait_ready(&self, _wd: &Watchdog) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// After the drain (http mode: stop the upstream).
+    fn shutdown(&self, _wd: &Watchdog) {}
+}
+
+pub(crate) fn build(config: &Config) -> Result<Box<dyn Handler>, String> {
+    match config.mode {
+        Mode::Streaming => Ok(Box::new(streaming::Streaming)),
+        Mode::Serializing => Ok(Box::new(serializing::Serializing)),
+        Mode::Http | Mode::Static => Err(format!("mode={} is not available yet", config.mode.name())),
+    }
+}

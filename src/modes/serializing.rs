@@ -1,0 +1,112 @@
+//! serializing mode (SPEC §4): the whole request body is read, then given to one process per
+//! request; its whole stdout becomes the response, with `X-Duration-Seconds`. Bodies and
+//! outputs are held in spools (1 MiB in memory, the rest in a temporary file), so a large one
+//! costs disk, not memory.
+
+use std::io::Write;
+
+use crate::child_io::{self, Next};
+use crate::exchange::{Exchange, duration_header};
+use crate::server::Watchdog;
+use crate::spool::Spool;
+
+use super::fork::{self, IO_BUFFER};
+use super::{Handler, Outcome};
+
+const SPOOL_MEMORY: usize = 1024 * 1024;
+/// Input up to this size is written to stdin at once: an empty pipe always takes it whole.
+const DIRECT_INPUT: u64 = 4096;
+
+pub(crate) struct Serializing;
+
+impl Handler for Serializing {
+    fn handle(&self, mut ex: Exchange, wd: &Watchdog) -> Outcome {
+        let mut buf = vec![0u8; IO_BUFFER];
+        let mut input = Spool::new(SPOOL_MEMORY);
+        let read_deadline = fork::read_deadline(&ex.info, &wd.config);
+        loop {
+            match ex.read_body(&mut buf, read_deadline) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Err(e) = input.push(&buf[..n]) {
+                        let duration = duration_header(ex.info.received);
+                        let msg = format!("cannot buffer the request body: {e}\n");
+                        return fork::text(ex, 500, &msg, &[("X-Duration-Seconds", &duration)]);
+                    }
+                }
+                Err(e) => {
+                    let duration = duration_header(ex.info.received);
+                    log::info!("{} {}: {}", ex.info.method, ex.info.uri, e.message());
+                    let msg = format!("{}\n", e.message());
+                    return fork::text(ex, e.status(), &msg, &[("X-Duration-Seconds", &duration)]);
+                }
+            }
+        }
+
+        let mut call = match fork::start(&ex, wd) {
+            Ok(call) => call,
+            Err(e) => {
+                let duration = duration_header(ex.info.received);
+                return fork::spawn_failed(ex, wd, &e, &[("X-Duration-Seconds", &duration)]);
+            }
+        };
+        let mut output = Spool::new(SPOOL_MEMORY);
+        let mut output_failed = None;
+        let mut late = false;
+        let stdin = call.f.stdin.take();
+        let group = std::sync::Arc::clone(&call.f.group);
+        let (io, respond_by) = (&mut call.io, call.respond_by);
+        std::thread::scope(|s| {
+            if let Some(mut stdin) = stdin {
+                match input.as_slice() {
+                    Some(small) if input.len() <= DIRECT_INPUT => {
+                        let _ = stdin.write_all(small);
+                    }
+                    _ => {
+                        let input = &mut input;
+                        s.spawn(move || {
+                            if let Ok(mut reader) = input.reader() {
+                                child_io::feed_reader(&mut reader, stdin);
+                            }
+                        });
+                    }
+                }
+            }
+            loop {
+                match io.next(&mut buf, if late { None } else { respond_by }) {
+                    Ok(Next::Stdout(n)) => {
+                        if output_failed.is_none() {
+                            if let Err(e) = output.push(&buf[..n]) {
+                                output_failed = Some(e);
+                                group.kill();
+                            }
+                        }
+                    }
+                    Ok(Next::StdoutEnd) | Err(_) => break,
+                    Ok(Next::InputDone) => {}
+                    Ok(Next::Deadline) => {
+                        late = true;
+                        group.kill();
+                    }
+                }
+            }
+        });
+        let limit = call.limit;
+        let ended = fork::end(call, wd, &mut buf);
+        let duration = duration_header(ex.info.received);
+        let timing = [("X-Duration-Seconds", duration.as_str())];
+        if late && !ended.timed_out {
+            return fork::text(ex, 504, &fork::write_timeout_message(&wd.config), &timing);
+        }
+        if ended.timed_out || !ended.status.success() {
+            let reason = fork::failure(&ended, limit);
+            log::info!("{} {}: {reason}", ex.info.method, ex.info.uri);
+            return fork::text(ex, 500, &reason, &timing);
+        }
+        if let Some(e) = output_failed {
+            return fork::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &timing);
+        }
+        let headers = [("Content-Type", wd.config.content_type.as_str()), timing[0]];
+        fork::send_spool(ex, 200, &headers, &mut output)
+    }
+}

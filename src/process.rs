@@ -1,0 +1,281 @@
+//! Starting function processes, ending them, and reaping them.
+//!
+//! Every process starts as the leader of its own process group, so a timeout or the end of a
+//! call can kill everything it started (SPEC §4, §10.1). The group is killed while the direct
+//! child is still an unreaped zombie, so the group id cannot have been reused by then. As PID 1
+//! the watchdog also reaps orphans that the kernel re-parents to it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
+use std::time::Instant;
+
+/// A function process's group. `kill` is safe to call at any time, from any thread.
+pub(crate) struct ProcessGroup {
+    pgid: i32,
+    reaped: Mutex<bool>,
+    timed_out: AtomicBool,
+}
+
+impl ProcessGroup {
+    /// SIGKILL to the whole group, unless its leader has been reaped.
+    pub(crate) fn kill(&self) {
+        let reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*reaped {
+            // SAFETY: kill has no memory effects; a negative pid names the group.
+            unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+        }
+    }
+
+    /// SIGTERM to the whole group (http mode's upstream at shutdown).
+    pub(crate) fn terminate(&self) {
+        let reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*reaped {
+            unsafe { libc::kill(-self.pgid, libc::SIGTERM) };
+        }
+    }
+
+    fn kill_for_timeout(&self) {
+        self.timed_out.store(true, Ordering::Release);
+        self.kill();
+    }
+
+    /// The call's deadline passed and the group was killed for it.
+    pub(crate) fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Acquire)
+    }
+}
+
+/// A started function process with its pipes.
+pub(crate) struct Function {
+    child: Child,
+    pub(crate) group: Arc<ProcessGroup>,
+    pub(crate) stdin: Option<ChildStdin>,
+    pub(crate) stdout: Option<ChildStdout>,
+    pub(crate) stderr: Option<ChildStderr>,
+}
+
+impl Function {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// The processes the watchdog has started and not yet reaped.
+pub(crate) struct Children {
+    live: Mutex<HashMap<u32, Arc<ProcessGroup>>>,
+    /// As PID 1: spawning holds it shared, orphan reaping exclusively, so an orphan sweep can
+    /// never reap a child of ours before it is registered.
+    gate: RwLock<()>,
+    pid1: bool,
+    /// The soft RLIMIT_NOFILE we started with, to give back to children if we raised ours.
+    child_nofile: Option<libc::rlimit>,
+}
+
+impl Children {
+    pub(crate) fn new(pid1: bool, child_nofile: Option<libc::rlimit>) -> Children {
+        Children { live: Mutex::new(HashMap::new()), gate: RwLock::new(()), pid1, child_nofile }
+    }
+
+    /// Starts `argv` with the watchdog's environment plus `env`, in a new process group.
+    pub(crate) fn spawn(&self, argv: &[String], env: &[(OsString, OsString)]) -> io::Result<Function> {
+        let (program, args) = argv.split_first().ok_or_else(|| io::Error::other("empty command"))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(limit) = self.child_nofile {
+            // SAFETY: setrlimit is async-signal-safe and touches no memory of ours.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                    Ok(())
+                });
+            }
+        }
+        let _gate = self.pid1.then(|| self.gate.read().unwrap_or_else(PoisonError::into_inner));
+        let mut child = cmd.spawn()?;
+        let group = Arc::new(ProcessGroup {
+            pgid: child.id() as i32,
+            reaped: Mutex::new(false),
+            timed_out: AtomicBool::new(false),
+        });
+        self.lock_live().insert(child.id(), Arc::clone(&group));
+        Ok(Function {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            child,
+            group,
+        })
+    }
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<ProcessGroup>>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the process to exit, kills whatever is left of its group, and reaps it.
+    pub(crate) fn finish(&self, mut f: Function) -> ExitStatus {
+        drop(f.stdin.take());
+        wait_exited(f.child.id());
+        {
+            let mut reaped = f.group.reaped.lock().unwrap_or_else(PoisonError::into_inner);
+            unsafe { libc::kill(-f.group.pgid, libc::SIGKILL) };
+            *reaped = true;
+        }
+        let status = f.child.wait().unwrap_or_else(|_| ExitStatus::from_raw(0));
+        self.lock_live().remove(&f.child.id());
+        status
+    }
+
+    /// Kills every process group still running (at exit).
+    pub(crate) fn kill_all(&self) {
+        for group in self.lock_live().values() {
+            group.kill();
+        }
+    }
+
+    /// As PID 1: reaps exited processes that are not ours (orphans re-parented to us). Stops at
+    /// the first exited child of ours: its worker is about to reap it, and the next sweep (on
+    /// SIGCHLD or within a second) continues.
+    pub(crate) fn reap_orphans(&self) {
+        if !self.pid1 {
+            return;
+        }
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            // SAFETY: info is a valid out pointer; WNOWAIT leaves the child waitable.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let rc = unsafe {
+                libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+            };
+            let pid = unsafe { info.si_pid() };
+            if rc != 0 || pid <= 0 || self.lock_live().contains_key(&(pid as u32)) {
+                return;
+            }
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+    }
+}
+
+/// Blocks until `pid` has exited, without reaping it.
+fn wait_exited(pid: u32) {
+    loop {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: info is a valid out pointer.
+        let rc = unsafe {
+            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        if rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
+
+/// Go's rendering of a failed process: `exit status 3`, `signal: killed`.
+pub(crate) fn describe_exit(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    let sig = status.signal().unwrap_or(0);
+    let name = match sig {
+        libc::SIGHUP => "hangup",
+        libc::SIGINT => "interrupt",
+        libc::SIGQUIT => "quit",
+        libc::SIGILL => "illegal instruction",
+        libc::SIGABRT => "aborted",
+        libc::SIGBUS => "bus error",
+        libc::SIGFPE => "floating point exception",
+        libc::SIGKILL => "killed",
+        libc::SIGSEGV => "segmentation fault",
+        libc::SIGPIPE => "broken pipe",
+        libc::SIGTERM => "terminated",
+        _ => return format!("signal: signal {sig}"),
+    };
+    format!("signal: {name}")
+}
+
+/// One thread that kills process groups whose deadline has passed (exec_timeout, X-Timeout),
+/// whatever the call's own thread is blocked on.
+pub(crate) struct Deadlines {
+    due: Mutex<BTreeMap<(Instant, u64), Weak<ProcessGroup>>>,
+    wake: Condvar,
+    seq: AtomicU64,
+}
+
+/// Cancels its deadline when dropped (the call ended first).
+pub(crate) struct DeadlineGuard {
+    deadlines: Arc<Deadlines>,
+    key: (Instant, u64),
+}
+
+impl Drop for DeadlineGuard {
+    fn drop(&mut self) {
+        self.deadlines.lock().remove(&self.key);
+    }
+}
+
+impl Deadlines {
+    pub(crate) fn start() -> io::Result<Arc<Deadlines>> {
+        let d = Arc::new(Deadlines {
+            due: Mutex::new(BTreeMap::new()),
+            wake: Condvar::new(),
+            seq: AtomicU64::new(0),
+        });
+        let runner = Arc::clone(&d);
+        std::thread::Builder::new().name("fw-deadlines".into()).spawn(move || runner.run())?;
+        Ok(d)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Instant, u64), Weak<ProcessGroup>>> {
+        self.due.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn schedule(self: &Arc<Self>, at: Instant, group: &Arc<ProcessGroup>) -> DeadlineGuard {
+        let key = (at, self.seq.fetch_add(1, Ordering::Relaxed));
+        let mut due = self.lock();
+        let earliest = due.keys().next().is_none_or(|first| key < *first);
+        due.insert(key, Arc::downgrade(group));
+        if earliest {
+            self.wake.notify_one();
+        }
+        DeadlineGuard { deadlines: Arc::clone(self), key }
+    }
+
+    fn run(&self) {
+        let mut due = self.lock();
+        loop {
+            let now = Instant::now();
+            match due.first_key_value().map(|(k, _)| *k) {
+                Some(key) if key.0 <= now => {
+                    if let Some(group) = due.remove(&key).and_then(|w| w.upgrade()) {
+                        group.kill_for_timeout();
+                    }
+                }
+                Some(key) => {
+                    due = self.wake.wait_timeout(due, key.0 - now).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+                }
+                None => due = self.wake.wait(due).unwrap_or_else(PoisonError::into_inner),
+            }
+        }
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (tiny_http's accept thread ends on EMFILE,
+/// trap 5). Returns the original limit, for children, if it changed.
+pub(crate) fn raise_nofile_limit() -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: limit is a valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= limit.rlim_max {
+        return None;
+    }
+    let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    (unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0).then_some(limit)
+}

@@ -1,0 +1,201 @@
+//! Startup and shutdown (SPEC §7): the order of events the orchestrator relies on.
+//!
+//! Startup: configuration (done by main), listener, mode (http: upstream started), serving,
+//! then the lock file and health. SIGTERM/SIGINT: unhealthy and no lock file at once; serving
+//! goes on for `healthcheck_interval`; then no new connections, in-flight calls get up to
+//! `write_timeout`; then the mode shuts down (http: SIGTERM to the upstream); exit 0.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::duration::format_go;
+use crate::lifecycle::{Lifecycle, Signals, signal_name};
+use crate::limiter::Limiter;
+use crate::listener::Acceptor;
+use crate::metrics::{self, Metrics};
+use crate::modes::{self, Handler};
+use crate::process::{self, Children, Deadlines};
+use crate::sockets::{self, SocketOptions};
+
+/// The state every part of a running watchdog shares, read-only but for its atomics.
+pub(crate) struct Watchdog {
+    pub(crate) config: Config,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) limiter: Arc<Limiter>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) children: Arc<Children>,
+    pub(crate) deadlines: Arc<Deadlines>,
+    /// The port actually listened on (`port=0` picks a free one).
+    pub(crate) port: u16,
+    pub(crate) handler: Box<dyn Handler>,
+    events: Sender<Event>,
+}
+
+impl Watchdog {
+    /// Ends the process soon with a non-zero status (http mode: the upstream died).
+    pub(crate) fn fail(&self, why: String) {
+        let _ = self.events.send(Event::Fatal(why));
+    }
+}
+
+enum Event {
+    Signal(i32),
+    Fatal(String),
+}
+
+/// `SO_RCVTIMEO` below this would make tiny_http's accept thread time out (and be replaced)
+/// many times a second while idle.
+const MIN_SOCKET_READ_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often the drain looks at the in-flight count.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// Runs the watchdog until it is told to stop; returns the exit status.
+pub(crate) fn run(config: Config) -> i32 {
+    let pid1 = std::process::id() == 1;
+    let signals = Signals::block(pid1);
+    let child_nofile = process::raise_nofile_limit();
+    crate::listener::install_panic_hook();
+
+    let read_timeout = if config.read_timeout.is_zero() {
+        Duration::ZERO
+    } else {
+        config.read_timeout.max(MIN_SOCKET_READ_TIMEOUT)
+    };
+    let opts = SocketOptions { read_timeout, write_timeout: config.write_timeout };
+    let listener = match sockets::listen(config.port, &opts) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("cannot listen on port {}: {e}", config.port);
+            return 1;
+        }
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(config.port);
+
+    log::info!("{}", crate::cli::version_line());
+    log::info!("Watchdog mode: {}\tfprocess: {:?}", config.mode.name(), config.fprocess);
+    let handler = match modes::build(&config) {
+        Ok(h) => h,
+        Err(e) => {
+            log::error!("{e}");
+            return 1;
+        }
+    };
+    let deadlines = match Deadlines::start() {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("cannot start the deadline thread: {e}");
+            return 1;
+        }
+    };
+    let limiter = Limiter::new(config.max_inflight);
+    let metrics = Arc::new(Metrics::new(Arc::clone(&limiter)));
+    let children = Arc::new(Children::new(pid1, child_nofile));
+    let (events_tx, events) = bounded(16);
+    let metrics_port = config.metrics_port;
+    let wd = Arc::new(Watchdog {
+        lifecycle: Lifecycle::new(config.suppress_lock),
+        config,
+        limiter,
+        metrics: Arc::clone(&metrics),
+        children: Arc::clone(&children),
+        deadlines,
+        port,
+        handler,
+        events: events_tx.clone(),
+    });
+    spawn_signal_thread(signals, pid1, Arc::clone(&children), events_tx);
+
+    metrics::serve(metrics_port, metrics);
+    let dispatcher = Dispatcher::new(Arc::clone(&wd));
+    let acceptor = match Acceptor::start(listener, port, Arc::new(move |req| dispatcher.dispatch(req))) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("{e}");
+            return 1;
+        }
+    };
+    log::info!("{}", wd.config.timeouts_line());
+    log::info!("Listening on port: {port}");
+
+    if let Err(e) = wd.handler.wait_ready(&wd) {
+        log::error!("{e}");
+        children.kill_all();
+        return 1;
+    }
+    if let Err(e) = wd.lifecycle.mark_serving() {
+        log::error!("{e}");
+        children.kill_all();
+        return 1;
+    }
+
+    let signal = match wait_event(&events, None) {
+        Some(Event::Signal(sig)) => sig,
+        Some(Event::Fatal(why)) => return fatal(&wd, &why),
+        None => return 1,
+    };
+    shutdown(&wd, &acceptor, &events, signal)
+}
+
+fn spawn_signal_thread(signals: Signals, pid1: bool, children: Arc<Children>, events: Sender<Event>) {
+    let spawned = std::thread::Builder::new().name("fw-signals".into()).spawn(move || {
+        // As PID 1, orphans are swept on every SIGCHLD and at least once a second.
+        let timeout = pid1.then_some(Duration::from_secs(1));
+        loop {
+            match signals.wait(timeout) {
+                Some(libc::SIGCHLD) | None => children.reap_orphans(),
+                Some(sig) => {
+                    if events.send(Event::Signal(sig)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::error!("cannot start the signal thread: {e}; SIGTERM will not drain");
+    }
+}
+
+fn wait_event(events: &Receiver<Event>, until: Option<Instant>) -> Option<Event> {
+    match until {
+        None => events.recv().ok(),
+        Some(t) => events.recv_deadline(t).ok(),
+    }
+}
+
+fn fatal(wd: &Watchdog, why: &str) -> i32 {
+    log::error!("{why}");
+    wd.lifecycle.begin_drain();
+    wd.children.kill_all();
+    1
+}
+
+fn shutdown(wd: &Watchdog, acceptor: &Acceptor, events: &Receiver<Event>, signal: i32) -> i32 {
+    let interval = wd.config.healthcheck_interval;
+    log::info!("{}: no new connections in {}", signal_name(signal), format_go(interval));
+    wd.lifecycle.begin_drain();
+    let until = Instant::now() + interval;
+    loop {
+        match wait_event(events, Some(until)) {
+            Some(Event::Fatal(why)) => return fatal(wd, &why),
+            Some(Event::Signal(sig)) => log::info!("{}: already shutting down", signal_name(sig)),
+            None => break,
+        }
+    }
+    acceptor.stop();
+    log::info!("No new connections allowed, draining: {} requests", wd.limiter.in_flight());
+    let drain_until = Instant::now() + wd.config.write_timeout;
+    while wd.limiter.in_flight() > 0 && Instant::now() < drain_until {
+        if let Some(Event::Fatal(why)) = wait_event(events, Some(Instant::now() + DRAIN_POLL)) {
+            return fatal(wd, &why);
+        }
+    }
+    wd.handler.shutdown(wd);
+    log::info!("Exiting. Active connections: {}", wd.limiter.in_flight());
+    wd.children.kill_all();
+    0
+}

@@ -49,7 +49,9 @@ fn poll(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<usize
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 // Round up so we never wake just before the deadline and spin.
-                left.as_millis().saturating_add(u128::from(left.subsec_nanos() % 1_000_000 != 0)).min(i32::MAX as u128) as i32
+                left.as_millis()
+                    .saturating_add(u128::from(left.subsec_nanos() % 1_000_000 != 0))
+                    .min(i32::MAX as u128) as i32
             }
         };
         // SAFETY: fds points to fds.len() initialised pollfd structs.

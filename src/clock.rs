@@ -75,10 +75,7 @@ fn local(secs: i64) -> Civil {
 /// `2026/11/25 21:12:26`: Go's `log.LstdFlags`.
 pub(crate) fn log_stamp() -> String {
     let c = local(unix_now().0);
-    format!(
-        "{:04}/{:02}/{:02} {:02}:{:02}:{:02}",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
-    )
+    format!("{:04}/{:02}/{:02} {:02}:{:02}:{:02}", c.year, c.month, c.day, c.hour, c.minute, c.second)
 }
 
 /// `2026-11-25T21:12:26.123Z`: RFC 3339 in UTC with milliseconds.

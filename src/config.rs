@@ -91,11 +91,7 @@ pub(crate) struct Config {
 impl Config {
     /// Concurrent function calls the worker pool runs.
     pub(crate) fn workers(&self) -> usize {
-        if self.max_inflight > 0 {
-            self.max_inflight
-        } else {
-            self.max_workers
-        }
+        if self.max_inflight > 0 { self.max_inflight } else { self.max_workers }
     }
 
     /// The reference's startup line: `Timeouts: read: 10s write: 1m30s hard: 2.5s health: 1m30s`.
@@ -240,8 +236,9 @@ where
 
     let fprocess = env.get(&["function_process", "fprocess"]).map(|(_, v)| v.to_string());
     let argv = match &fprocess {
-        Some(line) => words::split(line)
-            .map_err(|e| ConfigError(format!("cannot split fprocess {line:?}: {e}")))?,
+        Some(line) => {
+            words::split(line).map_err(|e| ConfigError(format!("cannot split fprocess {line:?}: {e}")))?
+        }
         None => Vec::new(),
     };
     if argv.is_empty() && mode != Mode::Static {
@@ -296,9 +293,7 @@ where
         None => "application/octet-stream".to_string(),
     };
 
-    let static_path = PathBuf::from(
-        env.get(&["static_path"]).map(|(_, v)| v).unwrap_or("/home/app/public"),
-    );
+    let static_path = PathBuf::from(env.get(&["static_path"]).map(|(_, v)| v).unwrap_or("/home/app/public"));
     if mode == Mode::Static && !static_path.is_dir() {
         return Err(ConfigError(format!(
             "static_path {} is not a directory: mode=static serves files from it",
@@ -324,9 +319,9 @@ where
         },
     };
 
-    let ready_path = env.get(&["ready_path"]).map(|(_, v)| {
-        if v.starts_with('/') { v.to_string() } else { format!("/{v}") }
-    });
+    let ready_path = env
+        .get(&["ready_path"])
+        .map(|(_, v)| if v.starts_with('/') { v.to_string() } else { format!("/{v}") });
 
     let log_format = match env.get(&["log_format"]) {
         None | Some((_, "text")) => LogFormat::Text,
@@ -410,11 +405,7 @@ fn parse_upstream(raw: &str) -> Result<UpstreamUrl, String> {
     } else {
         port.parse::<u16>().ok().filter(|p| *p > 0).ok_or("invalid port")?
     };
-    Ok(UpstreamUrl {
-        host: host.to_string(),
-        port,
-        prefix: prefix.trim_end_matches('/').to_string(),
-    })
+    Ok(UpstreamUrl { host: host.to_string(), port, prefix: prefix.trim_end_matches('/').to_string() })
 }
 
 #[cfg(test)]

@@ -132,7 +132,14 @@ fn run_call(wd: &Watchdog, ex: Exchange) {
     }
 }
 
-fn log_call(wd: &Watchdog, method: &str, uri: &str, call_id: Option<&str>, received: Instant, outcome: Outcome) {
+fn log_call(
+    wd: &Watchdog,
+    method: &str,
+    uri: &str,
+    call_id: Option<&str>,
+    received: Instant,
+    outcome: Outcome,
+) {
     logging::request_line(&CallRecord {
         method,
         uri,
@@ -194,7 +201,8 @@ fn ready(wd: &Watchdog, mut ex: Exchange) {
         Some((p, q)) => (p, (!q.is_empty()).then(|| q.to_string())),
         None => (path.as_str(), None),
     };
-    ex.info.path = crate::request::percent_decode(raw_path.as_bytes()).unwrap_or_else(|| raw_path.as_bytes().to_vec());
+    ex.info.path =
+        crate::request::percent_decode(raw_path.as_bytes()).unwrap_or_else(|| raw_path.as_bytes().to_vec());
     ex.info.query = query;
     let (received, quiet, call_id) = (ex.info.received, ex.info.kube_probe, ex.info.call_id.clone());
     let outcome = match catch_unwind(AssertUnwindSafe(|| wd.handler.handle(ex, wd))) {

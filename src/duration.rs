@@ -73,10 +73,7 @@ pub(crate) fn parse_go_duration(text: &str) -> Result<i64, DurationError> {
         if !had_whole && !had_fraction {
             return Err(DurationError::MissingNumber);
         }
-        let unit_len = s
-            .bytes()
-            .position(|c| c == b'.' || c.is_ascii_digit())
-            .unwrap_or(s.len());
+        let unit_len = s.bytes().position(|c| c == b'.' || c.is_ascii_digit()).unwrap_or(s.len());
         if unit_len == 0 {
             return Err(DurationError::MissingUnit);
         }

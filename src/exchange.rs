@@ -263,19 +263,22 @@ impl Exchange {
 pub(crate) fn refuse(refused: Refused, port: u16) {
     let Refused { req, rejection } = refused;
     let peer = req.remote_addr().copied();
-    if rejection.breaks_framing() {
-        if let Some(peer) = peer {
-            // tiny_http would otherwise parse the body as the next request (trap 2).
-            crate::sockets::shutdown_read(port, peer);
-        }
-    }
     if let Rejection::AbsurdLength(n) = rejection {
         // Any answer makes tiny_http drain the body into one allocation of its declared size
         // (trap 1), which no process survives at this size. Close the connection and leave the
         // request alone: this costs one parked tiny_http thread per such request, not the process.
         log::warn!("closing a connection that announced a {n}-byte body");
+        if let Some(peer) = peer {
+            crate::sockets::shutdown_connection(port, peer, libc::SHUT_RDWR);
+        }
         std::mem::forget(req);
         return;
+    }
+    if rejection.breaks_framing() {
+        if let Some(peer) = peer {
+            // tiny_http would otherwise parse the body as the next request (trap 2).
+            crate::sockets::shutdown_connection(port, peer, libc::SHUT_RD);
+        }
     }
     let body = rejection.message();
     let preloaded = req.body_length().is_none_or(|n| n as u64 <= request::PRELOAD_LIMIT);
@@ -291,18 +294,20 @@ pub(crate) fn refuse(refused: Refused, port: u16) {
 fn abandon(req: Request, status: u16, headers: &[(&str, &str)], body: &[u8]) -> u64 {
     let response = tiny_response(status, headers, body);
     let len = body.len() as u64;
-    let spawned = std::thread::Builder::new()
-        .name("fw-drain".into())
-        .spawn(move || {
-            let _ = req.respond(response);
-        });
+    let spawned = std::thread::Builder::new().name("fw-drain".into()).spawn(move || {
+        let _ = req.respond(response);
+    });
     if let Err(e) = spawned {
         log::error!("cannot start a thread to finish a request: {e}");
     }
     len
 }
 
-fn tiny_response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
+fn tiny_response(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
     let mut response = tiny_http::Response::from_data(body.to_vec()).with_status_code(status);
     // Our own Server header keeps tiny_http from adding "tiny-http (Rust)" (trap 8).
     let server = [("Server", "fwatchdog"), ("Content-Type", "text/plain; charset=utf-8")];

@@ -112,19 +112,17 @@ impl Parser<'_> {
             self.i += 1;
             match c {
                 b'"' => return true,
-                b'\\' => {
-                    match self.peek() {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
-                        Some(b'u') => {
-                            let hex = self.b.get(self.i + 1..self.i + 5);
-                            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                                return false;
-                            }
-                            self.i += 5;
+                b'\\' => match self.peek() {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.i += 1,
+                    Some(b'u') => {
+                        let hex = self.b.get(self.i + 1..self.i + 5);
+                        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                            return false;
                         }
-                        _ => return false,
+                        self.i += 5;
                     }
-                }
+                    _ => return false,
+                },
                 c if c < 0x20 => return false,
                 _ => {}
             }
@@ -188,15 +186,21 @@ mod tests {
 
     #[test]
     fn recognises_json_objects_only() {
-        for yes in [
-            r#"{}"#,
-            r#" {"a": 1, "b": [true, false, null, -1.5e3, "x\"y"], "c": {"d": "\u00e9"}} "#,
-        ] {
+        for yes in [r#"{}"#, r#" {"a": 1, "b": [true, false, null, -1.5e3, "x\"y"], "c": {"d": "\u00e9"}} "#]
+        {
             assert!(is_object(yes), "{yes}");
         }
         for no in [
-            "", "[]", "\"x\"", "{", "{not json}", r#"{"a":}"#, r#"{"a":1,}"#, r#"{"a":1} x"#,
-            r#"{"a":01x}"#, "{\"a\":\"\u{1}\"}",
+            "",
+            "[]",
+            "\"x\"",
+            "{",
+            "{not json}",
+            r#"{"a":}"#,
+            r#"{"a":1,}"#,
+            r#"{"a":1} x"#,
+            r#"{"a":01x}"#,
+            "{\"a\":\"\u{1}\"}",
         ] {
             assert!(!is_object(no), "{no}");
         }

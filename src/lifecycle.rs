@@ -4,8 +4,9 @@
 //! thread that runs the shutdown sequence; nothing else flips the health state.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::time::Duration;
 
 const STARTING: u8 = 0;
@@ -20,18 +21,13 @@ pub(crate) struct Lifecycle {
 
 impl Lifecycle {
     pub(crate) fn new(suppress_lock: bool) -> Self {
-        Lifecycle {
-            state: AtomicU8::new(STARTING),
-            lock_path: lock_path(),
-            suppress_lock,
-        }
+        Lifecycle { state: AtomicU8::new(STARTING), lock_path: lock_path(), suppress_lock }
     }
 
     /// Accepting work: started, not shutting down, and the lock file is present (the
     /// orchestrator, or an operator, can take a replica out of rotation by deleting it).
     pub(crate) fn healthy(&self) -> bool {
-        self.state.load(Ordering::Acquire) == SERVING
-            && (self.suppress_lock || self.lock_path.exists())
+        self.state.load(Ordering::Acquire) == SERVING && (self.suppress_lock || self.lock_path.exists())
     }
 
     pub(crate) fn draining(&self) -> bool {
@@ -80,68 +76,91 @@ pub(crate) fn lock_path() -> PathBuf {
 }
 
 fn write_lock_file(path: &PathBuf) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o660)
-        .open(path)
-        .map(drop)
+    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    // Exactly 0660, whatever the umask.
+    file.set_permissions(std::fs::Permissions::from_mode(0o660))
 }
 
-/// The signals the main thread waits for. Blocked in every thread (call before spawning any),
-/// so they stay pending until `wait_for_signal` takes them; as PID 1 an unhandled SIGTERM would
-/// otherwise be ignored. Children get a clean signal mask from std.
+/// Write end of the self-pipe the signal handler reports to (-1 before `Signals::install`).
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Only async-signal-safe calls here: one write, errno preserved for the interrupted code.
+    // SAFETY: __errno_location is thread-local and valid; write on a pipe is signal-safe.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+        if fd >= 0 {
+            let byte = sig as u8;
+            libc::write(fd, (&byte as *const u8).cast(), 1);
+        }
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// SIGTERM, SIGINT (and SIGCHLD as PID 1) delivered through a self-pipe to one thread.
+///
+/// Handlers rather than a blocked signal mask: a mask is inherited by every process we start
+/// (std does not clear it), and a function or upstream that cannot receive SIGTERM is a bug.
+/// Caught signals revert to their default in children at exec. As PID 1, a signal without a
+/// handler would be ignored, so these handlers are what makes SIGTERM work in a container.
 pub(crate) struct Signals {
-    set: libc::sigset_t,
+    read: OwnedFd,
 }
 
 impl Signals {
-    pub(crate) fn block(with_sigchld: bool) -> Signals {
-        // SAFETY: plain sigset manipulation on a local value.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            if with_sigchld {
-                libc::sigaddset(&mut set, libc::SIGCHLD);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            Signals { set }
+    pub(crate) fn install(with_sigchld: bool) -> io::Result<Signals> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: fds is a valid two-element array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
         }
+        // SAFETY: pipe2 returned two fresh descriptors; the write end stays open for the
+        // process's lifetime (the handler may run at any time).
+        let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
+        let mut signals = vec![libc::SIGTERM, libc::SIGINT];
+        if with_sigchld {
+            signals.push(libc::SIGCHLD);
+        }
+        for sig in signals {
+            // SAFETY: a zeroed sigaction with a valid handler and an empty mask is well formed.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as usize;
+                action.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
+                libc::sigemptyset(&mut action.sa_mask);
+                if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(Signals { read })
     }
 
-    /// Waits up to `timeout` for one of the blocked signals; `None` on timeout.
+    /// Waits up to `timeout` (forever: `None`) for a signal; `None` on timeout.
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> Option<i32> {
+        let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+        let mut pfd = libc::pollfd { fd: self.read.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         loop {
-            let sig = match timeout {
-                None => {
-                    let mut sig: libc::c_int = 0;
-                    // SAFETY: set is initialised; sig is a valid out pointer.
-                    let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
-                    if rc == 0 { sig } else { -1 }
-                }
-                Some(t) => {
-                    let ts = libc::timespec {
-                        tv_sec: t.as_secs() as libc::time_t,
-                        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
-                    };
-                    // SAFETY: set and ts are valid for the call; info may be null.
-                    unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &ts) }
-                }
-            };
-            if sig > 0 {
-                return Some(sig);
-            }
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return None;
+            if n <= 0 {
+                return None;
+            }
+            let mut byte = 0u8;
+            // SAFETY: reading one byte into a valid buffer.
+            let got = unsafe { libc::read(self.read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+            if got == 1 {
+                return Some(i32::from(byte));
+            }
         }
     }
 }

@@ -101,7 +101,13 @@ fn spawn_generation(
     Ok(Generation { id, server, retiring, started: Instant::now(), before, accepted: None })
 }
 
-fn dispatch_loop(id: u64, server: &Server, retiring: &AtomicBool, events: &Sender<Event>, dispatch: &Dispatch) {
+fn dispatch_loop(
+    id: u64,
+    server: &Server,
+    retiring: &AtomicBool,
+    events: &Sender<Event>,
+    dispatch: &Dispatch,
+) {
     let mut accept_ended = false;
     loop {
         match server.recv() {
@@ -213,7 +219,8 @@ pub(crate) fn install_panic_hook() {
         log::error!("panic in thread {name} at {location}: {msg}");
         let file = info.location().map(|l| l.file()).unwrap_or("");
         let in_accept_thread = thread.name().is_none()
-            && ((file.contains("tiny_http") && (file.ends_with("refined_tcp_stream.rs") || file.ends_with("lib.rs")))
+            && ((file.contains("tiny_http")
+                && (file.ends_with("refined_tcp_stream.rs") || file.ends_with("lib.rs")))
                 || msg.contains("failed to spawn thread"));
         if in_accept_thread {
             if let Some(events) = EVENTS.get() {

@@ -35,6 +35,7 @@ mod request;
 mod server;
 mod sockets;
 mod spool;
+mod upstream;
 mod words;
 
 #[global_allocator]

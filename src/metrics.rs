@@ -102,7 +102,8 @@ impl Metrics {
             out.push_str("# HELP http_requests_total The total number of HTTP requests handled.\n");
             out.push_str("# TYPE http_requests_total counter\n");
             for ((method, code), s) in series.iter() {
-                let _ = writeln!(out, "http_requests_total{{code=\"{code}\",method=\"{method}\"}} {}", s.count);
+                let _ =
+                    writeln!(out, "http_requests_total{{code=\"{code}\",method=\"{method}\"}} {}", s.count);
             }
         }
         out.push_str("# HELP http_requests_in_flight The number of function calls being served.\n");
@@ -138,13 +139,23 @@ fn process_metrics(out: &mut String) {
         let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
         // Indices are the stat(5) field numbers minus 3.
         if let (Some(utime), Some(stime)) = (field(11), field(12)) {
-            gauge("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", (utime + stime) / clock_ticks());
+            gauge(
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                (utime + stime) / clock_ticks(),
+            );
         }
         if let Some(vsize) = field(20) {
             gauge("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", vsize);
         }
         if let Some(rss) = field(21) {
-            gauge("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss * page_size());
+            gauge(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                rss * page_size(),
+            );
         }
         if let (Some(start), Some(boot)) = (field(19), boot_time()) {
             gauge(
@@ -176,7 +187,9 @@ pub(crate) fn serve(port: u16, metrics: Arc<Metrics>) -> Option<u16> {
     let listener = match TcpListener::bind(("0.0.0.0", port)) {
         Ok(l) => l,
         Err(e) => {
-            log::error!("Metrics server cannot listen on port {port}: {e}; serving functions without metrics");
+            log::error!(
+                "Metrics server cannot listen on port {port}: {e}; serving functions without metrics"
+            );
             return None;
         }
     };
@@ -220,7 +233,9 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) {
         (b"GET" | b"HEAD", b"/metrics") => {
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.render())
         }
-        (b"GET" | b"HEAD", _) => ("404 Not Found", "text/plain; charset=utf-8", "404 page not found\n".into()),
+        (b"GET" | b"HEAD", _) => {
+            ("404 Not Found", "text/plain; charset=utf-8", "404 page not found\n".into())
+        }
         _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "405 method not allowed\n".into()),
     };
     let mut response = format!(
@@ -246,11 +261,30 @@ mod tests {
         m.observe("POST", 200, Duration::from_secs(30));
         m.observe("BREW", 418, Duration::from_millis(1));
         let text = m.render();
-        assert!(text.contains("http_request_duration_seconds_bucket{code=\"200\",method=\"post\",le=\"0.005\"} 1\n"), "{text}");
-        assert!(text.contains("http_request_duration_seconds_bucket{code=\"200\",method=\"post\",le=\"0.25\"} 1\n"));
-        assert!(text.contains("http_request_duration_seconds_bucket{code=\"200\",method=\"post\",le=\"0.5\"} 2\n"));
-        assert!(text.contains("http_request_duration_seconds_bucket{code=\"200\",method=\"post\",le=\"10\"} 2\n"));
-        assert!(text.contains("http_request_duration_seconds_bucket{code=\"200\",method=\"post\",le=\"+Inf\"} 3\n"));
+        assert!(
+            text.contains(
+                "http_request_duration_seconds_bucket{code=\"200\",method=\"post\",le=\"0.005\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "http_request_duration_seconds_bucket{code=\"200\",method=\"post\",le=\"0.25\"} 1\n"
+            )
+        );
+        assert!(
+            text.contains(
+                "http_request_duration_seconds_bucket{code=\"200\",method=\"post\",le=\"0.5\"} 2\n"
+            )
+        );
+        assert!(
+            text.contains("http_request_duration_seconds_bucket{code=\"200\",method=\"post\",le=\"10\"} 2\n")
+        );
+        assert!(
+            text.contains(
+                "http_request_duration_seconds_bucket{code=\"200\",method=\"post\",le=\"+Inf\"} 3\n"
+            )
+        );
         assert!(text.contains("http_request_duration_seconds_count{code=\"200\",method=\"post\"} 3\n"));
         assert!(text.contains("http_requests_total{code=\"418\",method=\"unknown\"} 1\n"));
         assert!(text.contains("http_requests_in_flight 0\n"));

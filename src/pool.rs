@@ -70,17 +70,13 @@ impl<T: Send + 'static> Pool<T> {
     fn grow(self: &Arc<Self>) {
         let claimed = self
             .threads
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_threads).then_some(n + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_threads).then_some(n + 1))
             .is_ok();
         if !claimed {
             return;
         }
         let pool = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name(format!("fw-{}", self.name))
-            .spawn(move || pool.run());
+        let spawned = std::thread::Builder::new().name(format!("fw-{}", self.name)).spawn(move || pool.run());
         if let Err(e) = spawned {
             self.threads.fetch_sub(1, Ordering::AcqRel);
             log::error!("cannot start a {} thread: {e}", self.name);
@@ -118,7 +114,12 @@ mod tests {
         let barrier = Arc::new(Barrier::new(5));
         for _ in 0..4 {
             let b = Arc::clone(&barrier);
-            assert!(pool.submit(Box::new(move || { b.wait(); })).is_ok());
+            assert!(
+                pool.submit(Box::new(move || {
+                    b.wait();
+                }))
+                .is_ok()
+            );
         }
         // Deadlocks (and the test times out) if any job waits behind another.
         barrier.wait();
@@ -146,7 +147,12 @@ mod tests {
         let pool = closures(1, 4);
         assert!(pool.submit(Box::new(|| panic!("boom"))).is_ok());
         let (tx, rx) = crossbeam_channel::bounded(1);
-        assert!(pool.submit(Box::new(move || { let _ = tx.send(7); })).is_ok());
+        assert!(
+            pool.submit(Box::new(move || {
+                let _ = tx.send(7);
+            }))
+            .is_ok()
+        );
         assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(7));
         assert_eq!(pool.threads(), 1);
     }

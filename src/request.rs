@@ -90,19 +90,14 @@ impl Rejection {
         match self {
             Rejection::BadRequest(why) | Rejection::BadFraming(why) => format!("400 Bad Request: {why}\n"),
             Rejection::HeadersTooLarge => "431 Request Header Fields Too Large\n".into(),
-            Rejection::UnsupportedEncoding => {
-                "501 Not Implemented: unsupported Transfer-Encoding\n".into()
-            }
+            Rejection::UnsupportedEncoding => "501 Not Implemented: unsupported Transfer-Encoding\n".into(),
             Rejection::AbsurdLength(n) => format!("413 Content Too Large: {n} bytes\n"),
         }
     }
 
     /// The bytes after this request's head cannot be trusted to start the next request.
     pub(crate) fn breaks_framing(&self) -> bool {
-        matches!(
-            self,
-            Rejection::BadFraming(_) | Rejection::UnsupportedEncoding | Rejection::AbsurdLength(_)
-        )
+        matches!(self, Rejection::BadFraming(_) | Rejection::UnsupportedEncoding | Rejection::AbsurdLength(_))
     }
 }
 
@@ -176,8 +171,7 @@ pub(crate) fn inspect(head: &Head<'_>, received: Instant) -> Result<RequestInfo,
         }
         // tiny_http ignores a Content-Length it cannot parse and reads the body as the next
         // request (trap 2).
-        let Some(n) = head.body_length.filter(|_| first_len.bytes().all(|b| b.is_ascii_digit()))
-        else {
+        let Some(n) = head.body_length.filter(|_| first_len.bytes().all(|b| b.is_ascii_digit())) else {
             return Err(Rejection::BadFraming("invalid Content-Length"));
         };
         if n > ABSURD_CONTENT_LENGTH {
@@ -224,16 +218,15 @@ fn split_target(target: &str) -> Result<(Vec<u8>, Option<String>), Rejection> {
     if target == "*" {
         return Ok((b"*".to_vec(), None));
     }
-    let origin = if let Some(rest) =
-        target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))
-    {
-        // absolute-form: drop the authority
-        rest.find(['/', '?']).map_or("/", |i| &rest[i..])
-    } else if target.starts_with('/') {
-        target
-    } else {
-        return Err(Rejection::BadRequest("invalid request target"));
-    };
+    let origin =
+        if let Some(rest) = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) {
+            // absolute-form: drop the authority
+            rest.find(['/', '?']).map_or("/", |i| &rest[i..])
+        } else if target.starts_with('/') {
+            target
+        } else {
+            return Err(Rejection::BadRequest("invalid request target"));
+        };
     if origin.bytes().any(|b| b.is_ascii_control()) {
         return Err(Rejection::BadRequest("control character in request target"));
     }
@@ -294,7 +287,10 @@ mod tests {
         let i = ok(&head("/plain?", &[("Host", "x")]));
         assert_eq!(i.query, None, "an empty query is no query");
         assert_eq!(rejected(&head("/bad%zz", &[("Host", "x")])), Rejection::BadRequest("invalid URL escape"));
-        assert_eq!(rejected(&head("nope", &[("Host", "x")])), Rejection::BadRequest("invalid request target"));
+        assert_eq!(
+            rejected(&head("nope", &[("Host", "x")])),
+            Rejection::BadRequest("invalid request target")
+        );
     }
 
     #[test]
@@ -344,8 +340,10 @@ mod tests {
             rejected(&head("/", &[("Host", "x"), ("Content-Length", &huge)])),
             Rejection::AbsurdLength(_)
         ));
-        assert!(ok(&head("/", &[("Host", "x"), ("Content-Length", "100000000000")])).framing
-            == Framing::Length(100_000_000_000));
+        assert!(
+            ok(&head("/", &[("Host", "x"), ("Content-Length", "100000000000")])).framing
+                == Framing::Length(100_000_000_000)
+        );
     }
 
     #[test]
@@ -362,7 +360,12 @@ mod tests {
     fn per_call_headers() {
         let i = ok(&head(
             "/",
-            &[("Host", "x"), ("X-Timeout", "1500ms"), ("X-Call-Id", "abc"), ("User-Agent", "kube-probe/1.29")],
+            &[
+                ("Host", "x"),
+                ("X-Timeout", "1500ms"),
+                ("X-Call-Id", "abc"),
+                ("User-Agent", "kube-probe/1.29"),
+            ],
         ));
         assert_eq!(i.x_timeout, Some(Duration::from_millis(1500)));
         assert_eq!(i.call_id.as_deref(), Some("abc"));

@@ -50,14 +50,22 @@ enum Event {
 /// `SO_RCVTIMEO` below this would make tiny_http's accept thread time out (and be replaced)
 /// many times a second while idle.
 const MIN_SOCKET_READ_TIMEOUT: Duration = Duration::from_millis(100);
+/// Shortest time between two orphan sweeps as PID 1.
+const ORPHAN_SWEEP: Duration = Duration::from_millis(100);
 /// How often the drain looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// Runs the watchdog until it is told to stop; returns the exit status.
 pub(crate) fn run(config: Config) -> i32 {
     let pid1 = std::process::id() == 1;
-    let signals = Signals::block(pid1);
-    let child_nofile = process::raise_nofile_limit();
+    let signals = match Signals::install(pid1) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
+    process::raise_nofile_limit();
     crate::listener::install_panic_hook();
 
     let read_timeout = if config.read_timeout.is_zero() {
@@ -93,7 +101,7 @@ pub(crate) fn run(config: Config) -> i32 {
     };
     let limiter = Limiter::new(config.max_inflight);
     let metrics = Arc::new(Metrics::new(Arc::clone(&limiter)));
-    let children = Arc::new(Children::new(pid1, child_nofile));
+    let children = Arc::new(Children::new(pid1));
     let (events_tx, events) = bounded(16);
     let metrics_port = config.metrics_port;
     let wd = Arc::new(Watchdog {
@@ -108,6 +116,10 @@ pub(crate) fn run(config: Config) -> i32 {
         events: events_tx.clone(),
     });
     spawn_signal_thread(signals, pid1, Arc::clone(&children), events_tx);
+    if let Err(e) = wd.handler.start(&wd) {
+        log::error!("{e}");
+        return 1;
+    }
 
     metrics::serve(metrics_port, metrics);
     let dispatcher = Dispatcher::new(Arc::clone(&wd));
@@ -142,16 +154,31 @@ pub(crate) fn run(config: Config) -> i32 {
 
 fn spawn_signal_thread(signals: Signals, pid1: bool, children: Arc<Children>, events: Sender<Event>) {
     let spawned = std::thread::Builder::new().name("fw-signals".into()).spawn(move || {
-        // As PID 1, orphans are swept on every SIGCHLD and at least once a second.
-        let timeout = pid1.then_some(Duration::from_secs(1));
+        // As PID 1, orphans are swept after SIGCHLD (at most every 100 ms: every call's process
+        // sends one) and at least once a second.
+        let mut last_sweep = Instant::now();
+        let mut pending = false;
         loop {
+            let timeout = if !pid1 {
+                None
+            } else if pending {
+                Some(ORPHAN_SWEEP.saturating_sub(last_sweep.elapsed()))
+            } else {
+                Some(Duration::from_secs(1))
+            };
             match signals.wait(timeout) {
-                Some(libc::SIGCHLD) | None => children.reap_orphans(),
+                Some(libc::SIGCHLD) => pending = true,
                 Some(sig) => {
                     if events.send(Event::Signal(sig)).is_err() {
                         return;
                     }
                 }
+                None => pending = true,
+            }
+            if pid1 && pending && last_sweep.elapsed() >= ORPHAN_SWEEP {
+                children.reap_orphans();
+                last_sweep = Instant::now();
+                pending = false;
             }
         }
     });

@@ -15,13 +15,7 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
     // SAFETY: value lives for the call and its size is passed along.
     let ret = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const T).cast(),
-            mem::size_of::<T>() as libc::socklen_t,
-        )
+        libc::setsockopt(fd, level, name, (&value as *const T).cast(), mem::size_of::<T>() as libc::socklen_t)
     };
     cvt(ret).map(drop)
 }
@@ -151,7 +145,13 @@ fn is_listening(fd: RawFd) -> bool {
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: value and len are valid out pointers of the right size.
     let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, (&mut value as *mut libc::c_int).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
     };
     rc == 0 && value != 0
 }
@@ -166,8 +166,7 @@ fn sockaddr_of(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
         }
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6.
-            let a: &libc::sockaddr_in6 =
-                unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            let a: &libc::sockaddr_in6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
             let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
             Some(SocketAddr::new(IpAddr::V6(ip), u16::from_be(a.sin6_port)))
         }
@@ -186,12 +185,13 @@ fn name_of(
     if ret < 0 { None } else { sockaddr_of(&storage) }
 }
 
-/// Shuts down the receiving side of the connection from `peer` to our `port`, so tiny_http stops
-/// reading requests from it after the current one. Used when a request's framing is broken
-/// (invalid Content-Length, unsupported Transfer-Encoding): the bytes after its header cannot be
-/// trusted to start the next request (ENGINEERING.md trap 2). tiny_http never hands out the
-/// socket, so it is found among our descriptors by its address pair.
-pub(crate) fn shutdown_read(port: u16, peer: SocketAddr) -> bool {
+/// Shuts down (`how`: `libc::SHUT_RD` or `SHUT_RDWR`) the connection from `peer` to our `port`.
+/// With `SHUT_RD` tiny_http stops reading requests from it after the current one: used when a
+/// request's framing is broken (invalid Content-Length, unsupported Transfer-Encoding) and the
+/// bytes after its head cannot be trusted to start the next request (ENGINEERING.md trap 2).
+/// tiny_http never hands out the socket, so it is found among our descriptors by its address
+/// pair.
+pub(crate) fn shutdown_connection(port: u16, peer: SocketAddr, how: libc::c_int) -> bool {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return false };
     let mut done = false;
     for entry in dir.flatten() {
@@ -201,7 +201,7 @@ pub(crate) fn shutdown_read(port: u16, peer: SocketAddr) -> bool {
         let matches = name_of(fd, libc::getsockname).is_some_and(|l| l.port() == port)
             && name_of(fd, libc::getpeername).is_some_and(|p| same_peer(p, peer));
         if matches {
-            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+            unsafe { libc::shutdown(fd, how) };
             done = true;
         }
     }

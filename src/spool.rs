@@ -101,13 +101,7 @@ fn temp_file() -> io::Result<File> {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&name)
-        {
+        match std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&name) {
             Ok(f) => {
                 let _ = std::fs::remove_file(&name);
                 return Ok(f);

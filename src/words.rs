@@ -125,10 +125,7 @@ mod tests {
 
     #[test]
     fn rejects_unbalanced_quotes_and_trailing_backslash() {
-        assert_eq!(
-            split("sh -c 'echo"),
-            Err(WordsError::UnterminatedQuote { quote: '\'', at: 6 })
-        );
+        assert_eq!(split("sh -c 'echo"), Err(WordsError::UnterminatedQuote { quote: '\'', at: 6 }));
         assert_eq!(split("echo \"x"), Err(WordsError::UnterminatedQuote { quote: '"', at: 5 }));
         assert_eq!(split("echo x\\"), Err(WordsError::TrailingBackslash));
     }

@@ -58,9 +58,8 @@ pub(super) fn start(ex: &Exchange, wd: &Watchdog) -> io::Result<Call> {
     let mut f = wd.children.spawn(&wd.config.argv, &env)?;
     let limit = time_limit(&ex.info, &wd.config);
     let guard = limit.map(|l| wd.deadlines.schedule(Instant::now() + l, &f.group));
-    let respond_by = limit
-        .is_none_or(|l| wd.config.write_timeout < l)
-        .then(|| ex.info.received + wd.config.write_timeout);
+    let respond_by =
+        limit.is_none_or(|l| wd.config.write_timeout < l).then(|| ex.info.received + wd.config.write_timeout);
     let log = FunctionLog::new(Stream::Stderr, wd.config.prefix_logs, wd.config.log_buffer_size);
     let io = ChildIo::new(f.stdout.take(), f.stderr.take(), log, None);
     Ok(Call { f, io, limit, respond_by, _deadline: guard })

@@ -1,6 +1,7 @@
 //! One module per mode (SPEC §4, §5, §10.8); each turns a request into a response.
 
 mod fork;
+pub(crate) mod http;
 pub(crate) mod serializing;
 pub(crate) mod streaming;
 
@@ -20,6 +21,11 @@ pub(crate) trait Handler: Send + Sync {
     /// Answers one request. Runs on a worker thread (or the control pool for `ready_path`).
     fn handle(&self, ex: Exchange, wd: &Watchdog) -> Outcome;
 
+    /// Starts what the mode runs besides calls (http mode: the upstream process).
+    fn start(&self, _wd: &std::sync::Arc<Watchdog>) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Blocks until the mode can take calls (http mode: its upstream accepts connections).
     fn wait_ready(&self, _wd: &Watchdog) -> Result<(), String> {
         Ok(())
@@ -33,6 +39,7 @@ pub(crate) fn build(config: &Config) -> Result<Box<dyn Handler>, String> {
     match config.mode {
         Mode::Streaming => Ok(Box::new(streaming::Streaming)),
         Mode::Serializing => Ok(Box::new(serializing::Serializing)),
-        Mode::Http | Mode::Static => Err(format!("mode={} is not available yet", config.mode.name())),
+        Mode::Http => Ok(Box::new(http::Http::new(config)?)),
+        Mode::Static => Err(format!("mode={} is not available yet", config.mode.name())),
     }
 }

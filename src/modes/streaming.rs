@@ -51,7 +51,12 @@ impl Handler for Streaming {
         let headers = [("Content-Type", content_type)];
         let buffer_all = ex.needs_length();
         let mut reply = Reply::Pending(ex);
-        if !spool.is_empty() && !buffer_all && call.io.stdout_open() && !state.late && state.spool_failed.is_none() {
+        if !spool.is_empty()
+            && !buffer_all
+            && call.io.stdout_open()
+            && !state.late
+            && state.spool_failed.is_none()
+        {
             reply = start(reply, &headers);
             if let Reply::Started(stream) = &mut reply {
                 if fork::copy_spool(&mut spool, stream).is_err() {
@@ -92,7 +97,10 @@ impl Handler for Streaming {
         match reply {
             Reply::Started(stream) => {
                 if !ended.status.success() {
-                    log::info!("function failed after its response started: {}", fork::failure(&ended, limit));
+                    log::info!(
+                        "function failed after its response started: {}",
+                        fork::failure(&ended, limit)
+                    );
                 }
                 let bytes = stream.finish().unwrap_or(0);
                 Outcome { status: 200, bytes }

@@ -1,0 +1,352 @@
+//! http mode (SPEC §5): one long-running server, every request relayed to it with ureq.
+//!
+//! One shared Agent (ENGINEERING.md, ureq section): no proxy from the environment, no
+//! redirects, statuses are not errors, no headers of its own, and a keep-alive pool as large as
+//! the worker pool. Requests keep their framing: a Content-Length body is sent with that
+//! Content-Length, a chunked one chunked (or whole with `http_buffer_req_body`). Responses are
+//! streamed back as they arrive, flushed per read, so SSE and NDJSON reach the client event by
+//! event. Hop-by-hop headers are dropped in both directions.
+
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+use ureq::http;
+
+use crate::duration::seconds_f6;
+use crate::exchange::{BodyError, Exchange, ResponseStream};
+use crate::request::Framing;
+use crate::server::Watchdog;
+use crate::spool::Spool;
+use crate::upstream::Upstream;
+
+use super::fork::{self, IO_BUFFER};
+use super::{Handler, Outcome};
+
+const BUFFERED_BODY_MEMORY: usize = 1024 * 1024;
+
+pub(crate) struct Http {
+    agent: ureq::Agent,
+    upstream: Upstream,
+    /// `http://<ip>:<port><prefix>`: the host is already resolved (see `upstream::resolve`).
+    base: String,
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+];
+
+fn hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+}
+
+fn connection_tokens<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
+    values.flat_map(|v| v.split(',')).map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect()
+}
+
+impl Http {
+    pub(crate) fn new(config: &crate::config::Config) -> Result<Http, String> {
+        let upstream = Upstream::new(config)?;
+        let url = config.upstream.as_ref().ok_or("mode=http needs upstream_url")?;
+        let host = match upstream.addr {
+            std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            std::net::SocketAddr::V4(a) => a.ip().to_string(),
+        };
+        let base = format!("http://{host}:{}{}", upstream.addr.port(), url.prefix);
+        let workers = config.workers();
+        let agent = ureq::Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .allow_non_standard_methods(true)
+            .user_agent(ureq::config::AutoHeaderValue::None)
+            .accept(ureq::config::AutoHeaderValue::None)
+            .accept_encoding(ureq::config::AutoHeaderValue::None)
+            .max_idle_connections(workers.max(16))
+            .max_idle_connections_per_host(workers.max(16))
+            .input_buffer_size(16 * 1024)
+            .output_buffer_size(16 * 1024)
+            .no_delay(true)
+            .build()
+            .new_agent();
+        Ok(Http { agent, upstream, base })
+    }
+}
+
+/// Reads the client's body for ureq, remembering a client-side failure so it is reported as
+/// the client's (4xx), not the upstream's.
+struct ClientBody<'a> {
+    ex: &'a mut Exchange,
+    deadline: Option<Instant>,
+    failed: &'a mut Option<BodyError>,
+}
+
+impl Read for ClientBody<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.ex.read_body(buf, self.deadline) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let err = io::Error::other(e.message());
+                *self.failed = Some(e);
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Why a relay failed before the upstream's response started.
+enum Failure {
+    Client(BodyError),
+    Upstream(ureq::Error),
+    BadTarget,
+}
+
+impl Handler for Http {
+    fn start(&self, wd: &std::sync::Arc<Watchdog>) -> Result<(), String> {
+        self.upstream.start(wd)
+    }
+
+    fn wait_ready(&self, _wd: &Watchdog) -> Result<(), String> {
+        self.upstream.wait_ready()
+    }
+
+    fn shutdown(&self, _wd: &Watchdog) {
+        self.upstream.stop();
+    }
+
+    fn handle(&self, mut ex: Exchange, wd: &Watchdog) -> Outcome {
+        let limit = fork::time_limit(&ex.info, &wd.config);
+        let respond_by = limit
+            .is_none_or(|l| wd.config.write_timeout < l)
+            .then(|| ex.info.received + wd.config.write_timeout);
+        let started = Instant::now();
+        let result = self.relay(&mut ex, wd, limit, respond_by);
+        let duration = seconds_f6(started.elapsed());
+        let response = match result {
+            Ok(response) => response,
+            Err(failure) => return failed(ex, failure, &duration),
+        };
+        let (parts, body) = response.into_parts();
+        let status = parts.status.as_u16();
+        let tokens = connection_tokens(parts.headers.get_all("connection").iter().filter_map(|v| v.to_str().ok()));
+        let chunked = parts.headers.contains_key("transfer-encoding");
+        let length = if chunked {
+            None
+        } else {
+            parts.headers.get("content-length").and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        };
+        let mut headers: Vec<(&str, &str)> = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| *name != "content-length" && !hop_by_hop(name.as_str(), &tokens))
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+            .collect();
+        headers.push(("X-Duration-Seconds", &duration));
+
+        let mut reader = body.into_reader();
+        if length.is_none() && ex.needs_length() {
+            // An HTTP/1.0 keep-alive client needs the length up front.
+            let mut spool = Spool::new(BUFFERED_BODY_MEMORY);
+            let mut buf = vec![0u8; IO_BUFFER];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if spool.push(&buf[..n]).is_err() {
+                            return respond_error(ex, 502, &duration);
+                        }
+                    }
+                    Err(e) => {
+                        log::info!("reading the upstream's response failed: {e}");
+                        return respond_error(ex, 502, &duration);
+                    }
+                }
+            }
+            return fork::send_spool(ex, status, &headers, &mut spool);
+        }
+        let peer = ex.info.peer;
+        let mut stream = ex.stream(status, &headers, length);
+        let bytes = match copy_body(&mut reader, &mut stream) {
+            Ok(()) => {
+                let sent = stream.sent();
+                stream.finish().unwrap_or(sent)
+            }
+            Err(Broken::Client(sent)) => sent,
+            Err(Broken::Upstream(e, sent)) => {
+                log::info!("the upstream's response broke off after {sent} bytes: {e}");
+                // End the client's connection too, so it cannot take a truncated body as whole.
+                if let Some(peer) = peer {
+                    crate::sockets::shutdown_connection(wd.port, peer, libc::SHUT_RDWR);
+                }
+                drop(stream);
+                sent
+            }
+        };
+        Outcome { status, bytes }
+    }
+}
+
+enum Broken {
+    /// The client went away; body bytes sent so far.
+    Client(u64),
+    /// Reading the upstream's body failed.
+    Upstream(io::Error, u64),
+}
+
+/// Relays the upstream's body piece by piece, each piece flushed to the client.
+fn copy_body(reader: &mut impl Read, stream: &mut ResponseStream) -> Result<(), Broken> {
+    let mut buf = vec![0u8; IO_BUFFER];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Broken::Upstream(e, stream.sent())),
+        };
+        if stream.write(&buf[..n]).is_err() {
+            return Err(Broken::Client(stream.sent()));
+        }
+    }
+}
+
+impl Http {
+    fn relay(
+        &self,
+        ex: &mut Exchange,
+        wd: &Watchdog,
+        limit: Option<Duration>,
+        respond_by: Option<Instant>,
+    ) -> Result<http::Response<ureq::Body>, Failure> {
+        let uri = format!("{}{}", self.base, ex.info.uri);
+        let mut builder = http::Request::builder().method(ex.info.method.as_str()).uri(uri.as_str());
+        let tokens = connection_tokens(
+            ex.headers().filter(|(k, _)| k.eq_ignore_ascii_case("connection")).map(|(_, v)| v),
+        );
+        for (name, value) in ex.headers() {
+            if name.eq_ignore_ascii_case("content-length") || hop_by_hop(name, &tokens) {
+                continue;
+            }
+            // A name or value the http crate refuses is skipped, not fatal for the call.
+            if let (Ok(n), Ok(v)) =
+                (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(value))
+            {
+                builder = builder.header(n, v);
+            }
+        }
+        let read_deadline = (!wd.config.read_timeout.is_zero()).then(|| ex.info.received + wd.config.read_timeout);
+        let mut failed = None;
+        let configure = Timing { limit, respond_by };
+        let buffer = wd.config.buffer_body || ex.info.preloaded;
+        let result = match ex.info.framing {
+            Framing::Empty => {
+                let req = builder.body(()).map_err(|_| Failure::BadTarget)?;
+                self.agent.run(configure.apply(&self.agent, req))
+            }
+            Framing::Length(_) | Framing::Chunked if buffer => {
+                // Read whole (bounded memory: a spool), then sent with its Content-Length.
+                let mut spool = Spool::new(BUFFERED_BODY_MEMORY);
+                let mut buf = vec![0u8; IO_BUFFER];
+                loop {
+                    match ex.read_body(&mut buf, read_deadline) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if let Err(e) = spool.push(&buf[..n]) {
+                                return Err(Failure::Client(BodyError::Io(e)));
+                            }
+                        }
+                        Err(e) => return Err(Failure::Client(e)),
+                    }
+                }
+                let builder = builder.header("content-length", spool.len());
+                match spool.as_slice() {
+                    Some(bytes) => {
+                        let req = builder.body(bytes).map_err(|_| Failure::BadTarget)?;
+                        self.agent.run(configure.apply(&self.agent, req))
+                    }
+                    None => {
+                        let mut reader = spool.reader().map_err(|e| Failure::Client(BodyError::Io(e)))?;
+                        let req = builder.body(ureq::SendBody::from_reader(&mut reader)).map_err(|_| Failure::BadTarget)?;
+                        self.agent.run(configure.apply(&self.agent, req))
+                    }
+                }
+            }
+            Framing::Length(n) => {
+                let mut body = ClientBody { ex, deadline: read_deadline, failed: &mut failed };
+                let req = builder
+                    .header("content-length", n)
+                    .body(ureq::SendBody::from_reader(&mut body))
+                    .map_err(|_| Failure::BadTarget)?;
+                self.agent.run(configure.apply(&self.agent, req))
+            }
+            Framing::Chunked => {
+                let mut body = ClientBody { ex, deadline: read_deadline, failed: &mut failed };
+                let req = builder.body(ureq::SendBody::from_reader(&mut body)).map_err(|_| Failure::BadTarget)?;
+                self.agent.run(configure.apply(&self.agent, req))
+            }
+        };
+        match (result, failed) {
+            (_, Some(client)) => Err(Failure::Client(client)),
+            (Ok(response), None) => Ok(response),
+            (Err(e), None) => Err(Failure::Upstream(e)),
+        }
+    }
+}
+
+/// The call's time limits, as ureq timeouts.
+struct Timing {
+    limit: Option<Duration>,
+    respond_by: Option<Instant>,
+}
+
+impl Timing {
+    fn apply<S: ureq::AsSendBody>(&self, agent: &ureq::Agent, req: http::Request<S>) -> http::Request<S> {
+        let cfg = agent.configure_request(req).timeout_global(self.limit);
+        let cfg = match self.respond_by {
+            // The response head must arrive in time for the response to start by write_timeout.
+            Some(t) => cfg.timeout_recv_response(Some(t.saturating_duration_since(Instant::now()))),
+            None => cfg,
+        };
+        cfg.build()
+    }
+}
+
+fn respond_error(ex: Exchange, status: u16, duration: &str) -> Outcome {
+    let headers = [("X-Duration-Seconds", duration), ("X-OpenFaaS-Internal", "of-watchdog")];
+    let bytes = ex.respond(status, &headers, b"");
+    Outcome { status, bytes }
+}
+
+/// SPEC §5: refused or failed → 500, timeout → 504, a connection reset mid-request → 502; the
+/// client's own failures are 4xx.
+fn failed(ex: Exchange, failure: Failure, duration: &str) -> Outcome {
+    let (method, uri) = (ex.info.method.clone(), ex.info.uri.clone());
+    match failure {
+        Failure::Client(e) => {
+            log::info!("{method} {uri}: {}", e.message());
+            fork::text(ex, e.status(), &format!("{}\n", e.message()), &[("X-Duration-Seconds", duration)])
+        }
+        Failure::BadTarget => fork::text(ex, 400, "400 Bad Request: invalid request target\n", &[]),
+        Failure::Upstream(e) => {
+            let status = match &e {
+                ureq::Error::Timeout(_) => 504,
+                ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => 500,
+                ureq::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused => 500,
+                _ => 502,
+            };
+            match status {
+                504 => log::info!("Upstream HTTP killed due to exec_timeout: {method} {uri}"),
+                _ => log::info!("Upstream HTTP request error: {method} {uri}: {e}"),
+            }
+            respond_error(ex, status, duration)
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! http mode's long-running function process (SPEC §5, §7): started once, its output relayed to
+//! the log, watched until it exits, stopped last at shutdown.
+
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, bounded};
+
+use crate::config::{Config, UpstreamUrl};
+use crate::logging::{FunctionLog, Stream};
+use crate::process::{ProcessGroup, describe_exit};
+use crate::server::Watchdog;
+
+/// How long the upstream may take to accept connections before the watchdog gives up.
+const READY_LIMIT: Duration = Duration::from_secs(120);
+/// How long the upstream gets between SIGTERM and SIGKILL at shutdown.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
+    state: OnceLock<Running>,
+}
+
+struct Running {
+    group: Arc<ProcessGroup>,
+    stopping: Arc<AtomicBool>,
+    exited: Receiver<String>,
+    has_exited: Arc<AtomicBool>,
+}
+
+/// `localhost` and IP literals are resolved here: a `FROM scratch` image has no /etc/hosts.
+pub(crate) fn resolve(url: &UpstreamUrl) -> Result<SocketAddr, String> {
+    let host = url.host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), url.port));
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, url.port));
+    }
+    (host, url.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve the upstream host {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("the upstream host {host:?} has no address"))
+}
+
+impl Upstream {
+    pub(crate) fn new(config: &Config) -> Result<Upstream, String> {
+        let url = config.upstream.as_ref().ok_or("mode=http needs upstream_url")?;
+        Ok(Upstream { addr: resolve(url)?, state: OnceLock::new() })
+    }
+
+    /// Starts the process, its log relays and the thread that waits for it to exit.
+    pub(crate) fn start(&self, wd: &Arc<Watchdog>) -> Result<(), String> {
+        let mut f = wd
+            .children
+            .spawn(&wd.config.argv, &[])
+            .map_err(|e| format!("cannot start the upstream {:?}: {e}", wd.config.fprocess))?;
+        log::info!("Forking: {}, arguments: {:?}", wd.config.argv[0], &wd.config.argv[1..]);
+        drop(f.stdin.take());
+        let (prefix, limit) = (wd.config.prefix_logs, wd.config.log_buffer_size);
+        if let Some(out) = f.stdout.take() {
+            relay("fw-upstream-out", out, FunctionLog::new(Stream::Stdout, prefix, limit));
+        }
+        if let Some(err) = f.stderr.take() {
+            relay("fw-upstream-err", err, FunctionLog::new(Stream::Stderr, prefix, limit));
+        }
+        let (tx, exited) = bounded(1);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let has_exited = Arc::new(AtomicBool::new(false));
+        let running = Running {
+            group: Arc::clone(&f.group),
+            stopping: Arc::clone(&stopping),
+            exited,
+            has_exited: Arc::clone(&has_exited),
+        };
+        let watchdog = Arc::clone(wd);
+        std::thread::Builder::new()
+            .name("fw-upstream".into())
+            .spawn(move || {
+                let status = watchdog.children.finish(f);
+                let why = format!("the upstream process exited: {}", describe_exit(status));
+                has_exited.store(true, Ordering::Release);
+                if stopping.load(Ordering::Acquire) {
+                    log::info!("{why}");
+                } else {
+                    watchdog.fail(format!("{why}; stopping the watchdog so it is restarted"));
+                }
+                let _ = tx.send(why);
+            })
+            .map_err(|e| format!("cannot start the upstream monitor: {e}"))?;
+        let _ = self.state.set(running);
+        Ok(())
+    }
+
+    /// Blocks until the upstream accepts TCP connections (polled every 10 ms, logged every 5 s).
+    pub(crate) fn wait_ready(&self) -> Result<(), String> {
+        let started = Instant::now();
+        let mut next_log = Duration::from_secs(5);
+        loop {
+            if self.state.get().is_some_and(|r| r.has_exited.load(Ordering::Acquire)) {
+                return Err("the upstream process exited before it accepted connections".into());
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(500)).is_ok() {
+                log::info!("Upstream {} accepts connections after {:.3}s", self.addr, started.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            let waited = started.elapsed();
+            if waited > READY_LIMIT {
+                return Err(format!(
+                    "the upstream did not accept connections on {} within {}s",
+                    self.addr,
+                    READY_LIMIT.as_secs()
+                ));
+            }
+            if waited >= next_log {
+                log::info!("Waiting for the upstream to accept connections on {} ({}s)", self.addr, waited.as_secs());
+                next_log += Duration::from_secs(5);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM to the upstream's process group; SIGKILL if it is still there after a grace period.
+    pub(crate) fn stop(&self) {
+        let Some(running) = self.state.get() else { return };
+        if running.has_exited.load(Ordering::Acquire) {
+            return;
+        }
+        running.stopping.store(true, Ordering::Release);
+        log::info!("Sending SIGTERM to the upstream");
+        running.group.terminate();
+        if running.exited.recv_timeout(STOP_GRACE).is_err() {
+            log::info!("The upstream is still running {}s after SIGTERM: killing it", STOP_GRACE.as_secs());
+            running.group.kill();
+            let _ = running.exited.recv_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+fn relay(name: &'static str, mut pipe: impl Read + Send + 'static, mut log: FunctionLog) {
+    let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => log.feed(&buf[..n]),
+            }
+        }
+        log.finish();
+    });
+    if let Err(e) = spawned {
+        log::error!("cannot relay the upstream's output: {e}");
+    }
+}

@@ -1,0 +1,483 @@
+//! Test harness: the real `fwatchdog` binary, started on ephemeral ports (`port=0`, the bound
+//! port is read back from its log) with a private TMPDIR, spoken to over real sockets.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fwatchdog");
+/// Generous: these tests run on loaded 2-core CI machines.
+pub const STARTUP: Duration = Duration::from_secs(15);
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A private directory for one test, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("fwatchdog-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+
+    /// An executable `sh` script; returns its path.
+    pub fn script(&self, name: &str, body: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.path(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        path.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Captured output of a process, line by line, with arrival order kept across streams.
+#[derive(Clone, Default)]
+pub struct Output(Arc<Mutex<Vec<(bool, String)>>>);
+
+impl Output {
+    fn pump(&self, stream: impl Read + Send + 'static, is_stderr: bool) {
+        let out = self.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).map(|n| n > 0).unwrap_or(false) {
+                let text = String::from_utf8_lossy(&line).trim_end_matches('\n').to_string();
+                out.0.lock().unwrap().push((is_stderr, text));
+                line.clear();
+            }
+        });
+    }
+
+    pub fn stderr(&self) -> String {
+        self.lines(true).join("\n")
+    }
+
+    pub fn stdout(&self) -> String {
+        self.lines(false).join("\n")
+    }
+
+    pub fn lines(&self, stderr: bool) -> Vec<String> {
+        self.0.lock().unwrap().iter().filter(|(e, _)| *e == stderr).map(|(_, l)| l.clone()).collect()
+    }
+
+    pub fn all(&self) -> String {
+        self.0.lock().unwrap().iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+    }
+}
+
+pub struct Watchdog {
+    pub child: Child,
+    pub port: u16,
+    pub metrics_port: Option<u16>,
+    pub tmpdir: TempDir,
+    pub output: Output,
+}
+
+pub struct Options {
+    pub env: Vec<(String, String)>,
+    /// Wait for /_/health to be 200 (else only for the port to be known).
+    pub wait_healthy: bool,
+    /// Run as PID 1 of a new PID namespace (`unshare --pid --fork`).
+    pub pid_namespace: bool,
+    /// RLIMIT_NOFILE (soft and hard) for the watchdog.
+    pub nofile: Option<u64>,
+}
+
+impl Options {
+    pub fn new(env: &[(&str, &str)]) -> Options {
+        Options {
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            wait_healthy: true,
+            pid_namespace: false,
+            nofile: None,
+        }
+    }
+}
+
+impl Watchdog {
+    /// Starts the watchdog with `env` (plus PATH, HOME, a private TMPDIR and port=0 /
+    /// metrics_port=0 unless given) and waits until /_/health is 200.
+    pub fn start(env: &[(&str, &str)]) -> Watchdog {
+        Self::start_with(Options::new(env))
+    }
+
+    pub fn start_with(opts: Options) -> Watchdog {
+        let tmpdir = TempDir::new("tmp");
+        let mut cmd = if opts.pid_namespace {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--kill-child", "--", BIN]);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
+            .env("HOME", "/tmp")
+            .env("TMPDIR", &tmpdir.0)
+            .env("port", "0")
+            .env("metrics_port", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        if let Some(limit) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc_rlimit(limit);
+                    if setrlimit(7, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("start fwatchdog");
+        let output = Output::default();
+        output.pump(child.stdout.take().expect("stdout"), false);
+        output.pump(child.stderr.take().expect("stderr"), true);
+        let mut wd = Watchdog { child, port: 0, metrics_port: None, tmpdir, output };
+        let log = wd.wait_log("Listening on port: ", STARTUP);
+        wd.port = log.rsplit(' ').next().and_then(|p| p.parse().ok()).expect("port in log");
+        wd.metrics_port =
+            wd.output.stderr().lines().find_map(|l| {
+                l.split("Metrics listening on port: ").nth(1).and_then(|p| p.trim().parse().ok())
+            });
+        if opts.wait_healthy {
+            wd.wait_until("GET /_/health == 200", STARTUP, |wd| {
+                try_request(wd.port, "GET", "/_/health", &[], b"").is_some_and(|r| r.status == 200)
+            });
+        }
+        wd
+    }
+
+    /// Waits for a stderr/stdout line containing `needle`; returns it.
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.output.all().lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                if let Some(line) = self.output.all().lines().find(|l| l.contains(needle)) {
+                    return line.to_string();
+                }
+                panic!("watchdog exited ({status}) before logging {needle:?}:\n{}", self.output.all());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {timeout:?}:\n{}",
+                self.output.all()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut cond: impl FnMut(&mut Watchdog) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !cond(self) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("watchdog exited ({status}) while waiting for {what}:\n{}", self.output.all());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}:\n{}",
+                self.output.all()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        request(self.port, method, path, headers, body)
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request("GET", path, &[], b"")
+    }
+
+    pub fn post(&self, path: &str, body: &[u8]) -> Response {
+        self.request("POST", path, &[], body)
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        connect(self.port)
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.tmpdir.path(".lock")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the exit status, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.child.id())).map(|d| d.count()).unwrap_or(0)
+    }
+
+    pub fn rss_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// Minimal libc surface, so the tests need no crates.
+#[repr(C)]
+pub struct Rlimit {
+    cur: u64,
+    max: u64,
+}
+fn libc_rlimit(n: u64) -> Rlimit {
+    Rlimit { cur: n, max: n }
+}
+unsafe extern "C" {
+    pub fn kill(pid: i32, sig: i32) -> i32;
+    fn setrlimit(resource: i32, rlim: *const Rlimit) -> i32;
+}
+pub const SIGTERM: i32 = 15;
+pub const SIGINT: i32 = 2;
+pub const SIGKILL: i32 = 9;
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub version: String,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub elapsed: Duration,
+    /// The body was chunked.
+    pub chunked: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.set_nodelay(true).expect("nodelay");
+    s
+}
+
+pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    try_request(port, method, path, headers, body)
+        .unwrap_or_else(|| panic!("{method} {path}: no response from port {port}"))
+}
+
+/// One request on a fresh connection (Content-Length body); `None` on connection errors.
+pub fn try_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Response> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding"))
+    {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut r = read_response(&mut BufReader::new(s), method == "HEAD")?;
+    r.elapsed = start.elapsed();
+    Some(r)
+}
+
+/// Reads one response (Content-Length, chunked or close-delimited body).
+pub fn read_response(r: &mut impl BufRead, head_only: bool) -> Option<Response> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let version = parts.next()?.to_string();
+    let status: u16 = parts.next()?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let get = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    let chunked = get("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    if head_only || status < 200 || status == 204 || status == 304 {
+    } else if chunked {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            if n == 0 {
+                let mut end = String::new();
+                r.read_line(&mut end).ok()?;
+                break;
+            }
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = get("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(n, 0);
+        r.read_exact(&mut body).ok()?;
+    } else {
+        r.read_to_end(&mut body).ok()?;
+    }
+    Some(Response { version, status, headers, body, elapsed: Duration::ZERO, chunked })
+}
+
+/// All bytes until the server closes the connection (or `timeout`); (bytes, closed).
+pub fn read_until_closed(s: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
+    s.set_read_timeout(Some(timeout)).expect("timeout");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (out, true),
+            Err(_) => return (out, false),
+        }
+    }
+}
+
+/// Runs the binary to completion: (exit code, stdout, stderr).
+pub fn run_bin(args: &[&str], env: &[(&str, &str)], tmpdir: &Path) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TMPDIR", tmpdir)
+        .env("port", "0")
+        .env("metrics_port", "0")
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run fwatchdog");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `env` output as a map.
+pub fn env_map(text: &str) -> HashMap<String, String> {
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+pub fn pid_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next()).unwrap_or("X");
+            state != "Z" && state != "X"
+        }
+        Err(_) => false,
+    }
+}
+
+/// Direct children of `pid` that are zombies.
+pub fn zombie_children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn read_pid(path: &Path) -> u32 {
+    let mut pid = 0;
+    wait_for(&format!("pid file {}", path.display()), Duration::from_secs(10), || {
+        pid = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        pid != 0
+    });
+    pid
+}

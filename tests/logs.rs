@@ -1,0 +1,80 @@
+//! Log lines (SPEC §8).
+
+mod common;
+
+use common::*;
+
+fn is_stamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 20
+        && b[..19].iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'/',
+            10 => *c == b' ',
+            13 | 16 => *c == b':',
+            _ => c.is_ascii_digit(),
+        })
+        && b[19] == b' '
+}
+
+#[test]
+fn one_request_line_per_call_in_the_reference_format() {
+    let mut wd = Watchdog::start(&[("fprocess", "cat")]);
+    wd.post("/echo?x=1", &[b'a'; 1536]);
+    let line = wd.wait_log("POST /echo?x=1 - 200 - ContentLength: ", STARTUP);
+    assert!(is_stamp(&line), "{line}");
+    let rest = &line[20..];
+    assert!(rest.starts_with("POST /echo?x=1 - 200 - ContentLength: 1.536kB ("), "{rest}");
+    assert!(rest.ends_with("s)") && rest.contains("(0."), "{rest}");
+}
+
+#[test]
+fn log_callid_appends_the_call_id_or_none() {
+    let mut wd = Watchdog::start(&[("fprocess", "cat"), ("log_callid", "true")]);
+    wd.request("POST", "/with-id", &[("X-Call-Id", "abc-123")], b"x");
+    wd.post("/without-id", b"x");
+    assert!(wd.wait_log("POST /with-id - 200", STARTUP).ends_with(" [abc-123]"));
+    assert!(wd.wait_log("POST /without-id - 200", STARTUP).ends_with(" [none]"));
+}
+
+#[test]
+fn kube_probes_are_not_logged() {
+    let mut wd = Watchdog::start(&[("fprocess", "cat")]);
+    wd.request("GET", "/probed", &[("User-Agent", "kube-probe/1.29")], b"");
+    wd.request("GET", "/visible", &[("User-Agent", "curl/8.0")], b"");
+    wd.wait_log("GET /visible - 200", STARTUP);
+    assert!(!wd.output.stderr().contains("/probed"), "{}", wd.output.stderr());
+}
+
+#[test]
+fn long_lines_are_split_never_dropped_and_never_stall_the_function() {
+    let dir = TempDir::new("long");
+    // 200 chars, then 3000 short lines (more than a pipe holds), then the result.
+    let f = dir.script(
+        "f",
+        "printf 'before\\n' >&2; head -c 200 /dev/zero | tr '\\0' L >&2; printf '\\n' >&2; \
+         i=0; while [ $i -lt 3000 ]; do echo \"tail-$i\" >&2; i=$((i+1)); done; printf 'last-unterminated' >&2; echo body",
+    );
+    let mut wd = Watchdog::start(&[("fprocess", &f), ("log_buffer_size", "64"), ("exec_timeout", "20")]);
+    assert_eq!(wd.post("/", b"").text(), "body\n");
+    wd.wait_log("stderr: last-unterminated", STARTUP);
+    let lines = wd.output.lines(true);
+    let pieces: Vec<&str> = lines
+        .iter()
+        .skip_while(|l| !l.ends_with("stderr: before"))
+        .skip(1)
+        .take_while(|l| !l.ends_with("stderr: tail-0"))
+        .map(|l| l.split("stderr: ").nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(pieces.concat(), "L".repeat(200));
+    assert_eq!(pieces.iter().map(|p| p.len()).collect::<Vec<_>>(), [64, 64, 64, 8]);
+    assert!(lines.iter().any(|l| l.ends_with("stderr: tail-2999")));
+}
+
+#[test]
+fn prefix_logs_false_logs_function_lines_verbatim() {
+    let dir = TempDir::new("raw");
+    let f = dir.script("f", "echo raw-line >&2; echo ok");
+    let mut wd = Watchdog::start(&[("fprocess", &f), ("prefix_logs", "false")]);
+    wd.post("/", b"");
+    wd.wait_until("the raw line", STARTUP, |wd| wd.output.lines(true).iter().any(|l| l == "raw-line"));
+}

@@ -105,7 +105,11 @@ impl Upstream {
                 return Err("the upstream process exited before it accepted connections".into());
             }
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(500)).is_ok() {
-                log::info!("Upstream {} accepts connections after {:.3}s", self.addr, started.elapsed().as_secs_f64());
+                log::info!(
+                    "Upstream {} accepts connections after {:.3}s",
+                    self.addr,
+                    started.elapsed().as_secs_f64()
+                );
                 return Ok(());
             }
             let waited = started.elapsed();
@@ -117,7 +121,11 @@ impl Upstream {
                 ));
             }
             if waited >= next_log {
-                log::info!("Waiting for the upstream to accept connections on {} ({}s)", self.addr, waited.as_secs());
+                log::info!(
+                    "Waiting for the upstream to accept connections on {} ({}s)",
+                    self.addr,
+                    waited.as_secs()
+                );
                 next_log += Duration::from_secs(5);
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -49,7 +49,11 @@ fn hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
 }
 
 fn connection_tokens<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
-    values.flat_map(|v| v.split(',')).map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()).collect()
+    values
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 impl Http {
@@ -137,7 +141,8 @@ impl Handler for Http {
         };
         let (parts, body) = response.into_parts();
         let status = parts.status.as_u16();
-        let tokens = connection_tokens(parts.headers.get_all("connection").iter().filter_map(|v| v.to_str().ok()));
+        let tokens =
+            connection_tokens(parts.headers.get_all("connection").iter().filter_map(|v| v.to_str().ok()));
         let chunked = parts.headers.contains_key("transfer-encoding");
         let length = if chunked {
             None
@@ -242,7 +247,8 @@ impl Http {
                 builder = builder.header(n, v);
             }
         }
-        let read_deadline = (!wd.config.read_timeout.is_zero()).then(|| ex.info.received + wd.config.read_timeout);
+        let read_deadline =
+            (!wd.config.read_timeout.is_zero()).then(|| ex.info.received + wd.config.read_timeout);
         let mut failed = None;
         let configure = Timing { limit, respond_by };
         let buffer = wd.config.buffer_body || ex.info.preloaded;
@@ -274,7 +280,9 @@ impl Http {
                     }
                     None => {
                         let mut reader = spool.reader().map_err(|e| Failure::Client(BodyError::Io(e)))?;
-                        let req = builder.body(ureq::SendBody::from_reader(&mut reader)).map_err(|_| Failure::BadTarget)?;
+                        let req = builder
+                            .body(ureq::SendBody::from_reader(&mut reader))
+                            .map_err(|_| Failure::BadTarget)?;
                         self.agent.run(configure.apply(&self.agent, req))
                     }
                 }
@@ -289,7 +297,8 @@ impl Http {
             }
             Framing::Chunked => {
                 let mut body = ClientBody { ex, deadline: read_deadline, failed: &mut failed };
-                let req = builder.body(ureq::SendBody::from_reader(&mut body)).map_err(|_| Failure::BadTarget)?;
+                let req =
+                    builder.body(ureq::SendBody::from_reader(&mut body)).map_err(|_| Failure::BadTarget)?;
                 self.agent.run(configure.apply(&self.agent, req))
             }
         };

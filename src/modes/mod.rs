@@ -3,6 +3,7 @@
 mod fork;
 pub(crate) mod http;
 pub(crate) mod serializing;
+pub(crate) mod static_files;
 pub(crate) mod streaming;
 
 use crate::config::{Config, Mode};
@@ -40,6 +41,6 @@ pub(crate) fn build(config: &Config) -> Result<Box<dyn Handler>, String> {
         Mode::Streaming => Ok(Box::new(streaming::Streaming)),
         Mode::Serializing => Ok(Box::new(serializing::Serializing)),
         Mode::Http => Ok(Box::new(http::Http::new(config)?)),
-        Mode::Static => Err(format!("mode={} is not available yet", config.mode.name())),
+        Mode::Static => Ok(Box::new(static_files::StaticFiles::new(&config.static_path)?)),
     }
 }

@@ -145,7 +145,7 @@ impl ChildIo {
     /// After stdout has ended: relays stderr until the process `pid` has exited (it may still
     /// be writing to stderr), then whatever stderr already holds.
     pub(crate) fn wait_exit(&mut self, pid: u32, buf: &mut [u8]) {
-        let pidfd = pidfd_open(pid);
+        let mut pidfd: Option<Option<OwnedFd>> = None;
         loop {
             if exited(pid) {
                 break;
@@ -154,6 +154,8 @@ impl ChildIo {
                 // Nothing left to relay: the caller's blocking wait is enough.
                 return;
             };
+            // Opened only when there is something to wait for (usually the process is gone).
+            let pidfd = pidfd.get_or_insert_with(|| pidfd_open(pid));
             let mut fds = [pollfd(err.as_raw_fd()), pollfd(pidfd.as_ref().map_or(-1, |f| f.as_raw_fd()))];
             // Without a pidfd (Linux < 5.3), look again every 20 ms.
             let recheck = pidfd.is_none().then(|| Instant::now() + std::time::Duration::from_millis(20));

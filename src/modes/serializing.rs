@@ -10,7 +10,7 @@ use crate::exchange::{Exchange, duration_header};
 use crate::server::Watchdog;
 use crate::spool::Spool;
 
-use super::fork::{self, IO_BUFFER};
+use super::fork::{self, IoBuffer};
 use super::{Handler, Outcome};
 
 const SPOOL_MEMORY: usize = 1024 * 1024;
@@ -21,7 +21,7 @@ pub(crate) struct Serializing;
 
 impl Handler for Serializing {
     fn handle(&self, mut ex: Exchange, wd: &Watchdog) -> Outcome {
-        let mut buf = vec![0u8; IO_BUFFER];
+        let mut buf = IoBuffer::take();
         let mut input = Spool::new(SPOOL_MEMORY);
         let read_deadline = fork::read_deadline(&ex.info, &wd.config);
         loop {

@@ -15,7 +15,7 @@ use crate::exchange::{Exchange, ResponseStream};
 use crate::server::Watchdog;
 use crate::spool::Spool;
 
-use super::fork::{self, Call, IO_BUFFER};
+use super::fork::{self, Call, IoBuffer};
 use super::{Handler, Outcome};
 
 const SPOOL_MEMORY: usize = 64 * 1024;
@@ -36,7 +36,7 @@ impl Handler for Streaming {
             Ok(call) => call,
             Err(e) => return fork::spawn_failed(ex, wd, &e, &[]),
         };
-        let mut buf = vec![0u8; IO_BUFFER];
+        let mut buf = IoBuffer::take();
         let mut spool = Spool::new(SPOOL_MEMORY);
         let mut state = Progress { late: false, spool_failed: None };
 
@@ -76,8 +76,25 @@ impl Handler for Streaming {
                         }
                     }
                 }
+                Ok(Next::Stdout(n)) if matches!(reply, Reply::Pending(_)) => {
+                    // The first output: take whatever else is already there, without waiting.
+                    // If that includes the end, the answer goes out whole, with a
+                    // Content-Length, in one write.
+                    if let Err(e) = gather(&mut call, &mut spool, &mut buf, n) {
+                        state.spool_failed = Some(e);
+                        call.f.group.kill();
+                        continue;
+                    }
+                    if call.io.stdout_open() {
+                        reply = start(reply, &headers);
+                        if let Reply::Started(stream) = &mut reply {
+                            if fork::copy_spool(&mut spool, stream).is_err() {
+                                reply = gone(reply, &mut call);
+                            }
+                        }
+                    }
+                }
                 Ok(Next::Stdout(n)) => {
-                    reply = start(reply, &headers);
                     if let Reply::Started(stream) = &mut reply {
                         if stream.write(&buf[..n]).is_err() {
                             reply = gone(reply, &mut call);
@@ -197,6 +214,20 @@ fn feed(
         }
         Err(panic) => std::panic::resume_unwind(panic),
     }
+}
+
+/// Puts `n` bytes of output from `buf` into the (empty) spool, then whatever output is
+/// available right now, up to the spool's memory size.
+fn gather(call: &mut Call, spool: &mut Spool, buf: &mut [u8], n: usize) -> std::io::Result<()> {
+    spool.push(&buf[..n])?;
+    while spool.len() < SPOOL_MEMORY as u64 {
+        match call.io.next(buf, Some(std::time::Instant::now())) {
+            Ok(Next::Stdout(m)) => spool.push(&buf[..m])?,
+            Ok(Next::InputDone) => {}
+            Ok(Next::StdoutEnd | Next::Deadline) | Err(_) => break,
+        }
+    }
+    Ok(())
 }
 
 fn start(reply: Reply, headers: &[(&str, &str)]) -> Reply {

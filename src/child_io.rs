@@ -116,15 +116,15 @@ impl ChildIo {
                 self.input_done = None;
                 return Ok(Next::InputDone);
             }
-            if fds[0].revents != 0 {
-                if let Some(out) = &mut self.stdout {
-                    match out.read(buf) {
-                        Ok(0) | Err(_) => {
-                            self.stdout = None;
-                            return Ok(Next::StdoutEnd);
-                        }
-                        Ok(n) => return Ok(Next::Stdout(n)),
+            if fds[0].revents != 0
+                && let Some(out) = &mut self.stdout
+            {
+                match out.read(buf) {
+                    Ok(0) | Err(_) => {
+                        self.stdout = None;
+                        return Ok(Next::StdoutEnd);
                     }
+                    Ok(n) => return Ok(Next::Stdout(n)),
                 }
             }
         }
@@ -216,10 +216,10 @@ pub(crate) fn feed_body(
         match ex.read_body(&mut buf, deadline) {
             Ok(0) => break Ok(ex.body_read()),
             Ok(n) => {
-                if let Some(w) = &mut stdin {
-                    if w.write_all(&buf[..n]).is_err() {
-                        stdin = None;
-                    }
+                if let Some(w) = &mut stdin
+                    && w.write_all(&buf[..n]).is_err()
+                {
+                    stdin = None;
                 }
             }
             Err(e) => break Err(e),

@@ -144,12 +144,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Seconds since the Unix epoch, as a float (for process_start_time_seconds).
-pub(crate) fn unix_seconds_f64() -> f64 {
-    let (secs, nanos) = unix_now();
-    secs as f64 + f64::from(nanos) / 1e9
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! chunking, flushed per piece (traps 6 and 8), and bytes are counted here (trap 11).
 
 use std::io::{self, Write};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tiny_http::{HTTPVersion, Request};
 
@@ -274,11 +274,11 @@ pub(crate) fn refuse(refused: Refused, port: u16) {
         std::mem::forget(req);
         return;
     }
-    if rejection.breaks_framing() {
-        if let Some(peer) = peer {
-            // tiny_http would otherwise parse the body as the next request (trap 2).
-            crate::sockets::shutdown_connection(port, peer, libc::SHUT_RD);
-        }
+    if rejection.breaks_framing()
+        && let Some(peer) = peer
+    {
+        // tiny_http would otherwise parse the body as the next request (trap 2).
+        crate::sockets::shutdown_connection(port, peer, libc::SHUT_RD);
     }
     let body = rejection.message();
     let preloaded = req.body_length().is_none_or(|n| n as u64 <= request::PRELOAD_LIMIT);
@@ -470,9 +470,4 @@ impl ResponseStream {
 /// `X-Duration-Seconds` for a call that started at `since`.
 pub(crate) fn duration_header(since: Instant) -> String {
     crate::duration::seconds_f6(since.elapsed())
-}
-
-/// How long until `deadline`, for poll timeouts.
-pub(crate) fn until(deadline: Instant) -> Duration {
-    deadline.saturating_duration_since(Instant::now())
 }

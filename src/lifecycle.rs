@@ -30,10 +30,6 @@ impl Lifecycle {
         self.state.load(Ordering::Acquire) == SERVING && (self.suppress_lock || self.lock_path.exists())
     }
 
-    pub(crate) fn draining(&self) -> bool {
-        self.state.load(Ordering::Acquire) == DRAINING
-    }
-
     /// Writes the lock file (unless suppressed) and turns healthy.
     pub(crate) fn mark_serving(&self) -> io::Result<()> {
         if self.suppress_lock {
@@ -61,10 +57,10 @@ impl Lifecycle {
         self.state.store(DRAINING, Ordering::Release);
         if !self.suppress_lock {
             log::info!("Removing lock-file : {}", self.lock_path.display());
-            if let Err(e) = std::fs::remove_file(&self.lock_path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    log::info!("Unable to mark server as unhealthy: {e}");
-                }
+            if let Err(e) = std::fs::remove_file(&self.lock_path)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                log::info!("Unable to mark server as unhealthy: {e}");
             }
         }
     }
@@ -131,7 +127,7 @@ impl Signals {
             // SAFETY: a zeroed sigaction with a valid handler and an empty mask is well formed.
             unsafe {
                 let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = on_signal as usize;
+                action.sa_sigaction = on_signal as *const () as usize;
                 action.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
                 libc::sigemptyset(&mut action.sa_mask);
                 if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {

@@ -222,11 +222,9 @@ pub(crate) fn install_panic_hook() {
             && ((file.contains("tiny_http")
                 && (file.ends_with("refined_tcp_stream.rs") || file.ends_with("lib.rs")))
                 || msg.contains("failed to spawn thread"));
-        if in_accept_thread {
-            if let Some(events) = EVENTS.get() {
-                let error = io::Error::other(format!("tiny_http accept thread panicked: {msg}"));
-                let _ = events.send(Event::AcceptEnded { generation: CURRENT, error });
-            }
+        if in_accept_thread && let Some(events) = EVENTS.get() {
+            let error = io::Error::other(format!("tiny_http accept thread panicked: {msg}"));
+            let _ = events.send(Event::AcceptEnded { generation: CURRENT, error });
         }
     }));
 }

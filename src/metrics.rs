@@ -184,7 +184,11 @@ fn boot_time() -> Option<f64> {
 /// Serves `GET /metrics` on its own port, one connection at a time (scrapes are rare and
 /// small). A port that cannot be bound is logged, not fatal (SPEC §9).
 pub(crate) fn serve(port: u16, metrics: Arc<Metrics>) -> Option<u16> {
-    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+    // Dual stack where IPv6 exists, like Go's ":8081"; SocketAddr, not a host string, so no
+    // resolver is linked in.
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
+    let listener = match TcpListener::bind(v6).or_else(|_| TcpListener::bind(v4)) {
         Ok(l) => l,
         Err(e) => {
             log::error!(

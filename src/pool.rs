@@ -56,14 +56,16 @@ impl<T: Send + 'static> Pool<T> {
 
     /// Queues a message, waiting for room when the queue is full.
     pub(crate) fn submit_wait(self: &Arc<Self>, job: T) {
-        if let Err(job) = self.submit(job) {
-            if self.tx.send(job).is_ok() && self.balance.fetch_sub(1, Ordering::AcqRel) <= 0 {
-                self.grow();
-            }
+        if let Err(job) = self.submit(job)
+            && self.tx.send(job).is_ok()
+            && self.balance.fetch_sub(1, Ordering::AcqRel) <= 0
+        {
+            self.grow();
         }
     }
 
-    pub(crate) fn threads(&self) -> usize {
+    #[cfg(test)]
+    fn threads(&self) -> usize {
         self.threads.load(Ordering::Acquire)
     }
 

@@ -40,7 +40,6 @@ pub(crate) struct RequestInfo {
     pub(crate) framing: Framing,
     /// The body is already in memory (reading it never blocks).
     pub(crate) preloaded: bool,
-    pub(crate) expect_continue: bool,
     pub(crate) host: Option<String>,
     pub(crate) call_id: Option<String>,
     /// A valid, positive `X-Timeout`.
@@ -54,10 +53,6 @@ pub(crate) struct RequestInfo {
 impl RequestInfo {
     pub(crate) fn is_head(&self) -> bool {
         self.method == "HEAD"
-    }
-
-    pub(crate) fn path_str(&self) -> std::borrow::Cow<'_, str> {
-        String::from_utf8_lossy(&self.path)
     }
 }
 
@@ -203,7 +198,6 @@ pub(crate) fn inspect(head: &Head<'_>, received: Instant) -> Result<RequestInfo,
         keep_alive,
         framing,
         preloaded,
-        expect_continue,
         host: hosts.first().map(|h| h.to_string()),
         call_id: first("X-Call-Id").map(str::to_string),
         x_timeout,
@@ -310,7 +304,7 @@ mod tests {
         let i = ok(&head("/", &[("Host", "x"), ("Content-Length", "5")]));
         assert_eq!((i.framing, i.preloaded), (Framing::Length(5), true));
         let i = ok(&head("/", &[("Host", "x"), ("Content-Length", "5"), ("Expect", "100-continue")]));
-        assert_eq!((i.framing, i.preloaded, i.expect_continue), (Framing::Length(5), false, true));
+        assert_eq!((i.framing, i.preloaded), (Framing::Length(5), false));
         let i = ok(&head("/", &[("Host", "x"), ("Content-Length", "2048")]));
         assert_eq!((i.framing, i.preloaded), (Framing::Length(2048), false));
         let i = ok(&head("/", &[("Host", "x"), ("Transfer-Encoding", "Chunked")]));

@@ -2,7 +2,7 @@
 //! the log, watched until it exits, stopped last at shutdown.
 
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -31,20 +31,17 @@ struct Running {
     has_exited: Arc<AtomicBool>,
 }
 
-/// `localhost` and IP literals are resolved here: a `FROM scratch` image has no /etc/hosts.
+/// The upstream's address: an IP literal, or `localhost` (127.0.0.1). The upstream runs in the
+/// same container; a `FROM scratch` image has no /etc/hosts or resolver to ask about other
+/// names, and leaving the C resolver out keeps the static binary small.
 pub(crate) fn resolve(url: &UpstreamUrl) -> Result<SocketAddr, String> {
     let host = url.host.trim_start_matches('[').trim_end_matches(']');
     if host.eq_ignore_ascii_case("localhost") {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), url.port));
     }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, url.port));
-    }
-    (host, url.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve the upstream host {host:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("the upstream host {host:?} has no address"))
+    host.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, url.port)).map_err(|_| {
+        format!("the upstream host {host:?} must be an IP address or localhost (the upstream runs in this container)")
+    })
 }
 
 impl Upstream {

@@ -66,7 +66,7 @@ impl Http {
         };
         let base = format!("http://{host}:{}{}", upstream.addr.port(), url.prefix);
         let workers = config.workers();
-        let agent = ureq::Agent::config_builder()
+        let agent_config = ureq::Agent::config_builder()
             .proxy(None)
             .http_status_as_error(false)
             .max_redirects(0)
@@ -80,9 +80,32 @@ impl Http {
             .input_buffer_size(16 * 1024)
             .output_buffer_size(16 * 1024)
             .no_delay(true)
-            .build()
-            .new_agent();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            agent_config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            UpstreamResolver(upstream.addr),
+        );
         Ok(Http { agent, upstream, base })
+    }
+}
+
+/// Every relayed request goes to the one upstream, resolved at startup: no DNS per call, and
+/// no getaddrinfo in the binary (it cannot work in a `FROM scratch` image anyway, and it is a
+/// fifth of a static binary's size).
+#[derive(Debug)]
+struct UpstreamResolver(std::net::SocketAddr);
+
+impl ureq::unversioned::resolver::Resolver for UpstreamResolver {
+    fn resolve(
+        &self,
+        _uri: &http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let mut addrs = self.empty();
+        addrs.push(self.0);
+        Ok(addrs)
     }
 }
 

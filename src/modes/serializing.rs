@@ -75,11 +75,11 @@ impl Handler for Serializing {
             loop {
                 match io.next(&mut buf, if late { None } else { respond_by }) {
                     Ok(Next::Stdout(n)) => {
-                        if output_failed.is_none() {
-                            if let Err(e) = output.push(&buf[..n]) {
-                                output_failed = Some(e);
-                                group.kill();
-                            }
+                        if output_failed.is_none()
+                            && let Err(e) = output.push(&buf[..n])
+                        {
+                            output_failed = Some(e);
+                            group.kill();
                         }
                     }
                     Ok(Next::StdoutEnd) | Err(_) => break,

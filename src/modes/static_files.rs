@@ -254,12 +254,11 @@ impl Handler for StaticFiles {
         let last_modified = mtime.map(clock::http_date);
         if let (Some(m), Some(since)) =
             (mtime, ex.header("If-Modified-Since").and_then(clock::parse_http_date))
+            && m <= since
         {
-            if m <= since {
-                let lm = last_modified.clone().unwrap_or_default();
-                let bytes = ex.respond(304, &[("Last-Modified", &lm)], b"");
-                return Outcome { status: 304, bytes };
-            }
+            let lm = last_modified.clone().unwrap_or_default();
+            let bytes = ex.respond(304, &[("Last-Modified", &lm)], b"");
+            return Outcome { status: 304, bytes };
         }
         let mut head = vec![0u8; 512.min(size as usize)];
         if file.read_exact(&mut head).is_err() {

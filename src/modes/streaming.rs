@@ -22,7 +22,9 @@ const SPOOL_MEMORY: usize = 64 * 1024;
 
 pub(crate) struct Streaming;
 
-/// The response, before and after its first byte.
+/// The response, before and after its first byte. One per call, on the worker's stack: boxing
+/// the pending exchange would only add an allocation per call.
+#[allow(clippy::large_enum_variant)]
 enum Reply {
     Pending(Exchange),
     Started(ResponseStream),
@@ -58,10 +60,10 @@ impl Handler for Streaming {
             && state.spool_failed.is_none()
         {
             reply = start(reply, &headers);
-            if let Reply::Started(stream) = &mut reply {
-                if fork::copy_spool(&mut spool, stream).is_err() {
-                    reply = gone(reply, &mut call);
-                }
+            if let Reply::Started(stream) = &mut reply
+                && fork::copy_spool(&mut spool, stream).is_err()
+            {
+                reply = gone(reply, &mut call);
             }
         }
         while call.io.stdout_open() {
@@ -69,11 +71,13 @@ impl Handler for Streaming {
             let deadline = if waiting { call.respond_by } else { None };
             match call.io.next(&mut buf, deadline) {
                 Ok(Next::Stdout(n)) if buffer_all || state.late || state.spool_failed.is_some() => {
-                    if buffer_all && !state.late && state.spool_failed.is_none() {
-                        if let Err(e) = spool.push(&buf[..n]) {
-                            state.spool_failed = Some(e);
-                            call.f.group.kill();
-                        }
+                    if buffer_all
+                        && !state.late
+                        && state.spool_failed.is_none()
+                        && let Err(e) = spool.push(&buf[..n])
+                    {
+                        state.spool_failed = Some(e);
+                        call.f.group.kill();
                     }
                 }
                 Ok(Next::Stdout(n)) if matches!(reply, Reply::Pending(_)) => {
@@ -87,18 +91,18 @@ impl Handler for Streaming {
                     }
                     if call.io.stdout_open() {
                         reply = start(reply, &headers);
-                        if let Reply::Started(stream) = &mut reply {
-                            if fork::copy_spool(&mut spool, stream).is_err() {
-                                reply = gone(reply, &mut call);
-                            }
+                        if let Reply::Started(stream) = &mut reply
+                            && fork::copy_spool(&mut spool, stream).is_err()
+                        {
+                            reply = gone(reply, &mut call);
                         }
                     }
                 }
                 Ok(Next::Stdout(n)) => {
-                    if let Reply::Started(stream) = &mut reply {
-                        if stream.write(&buf[..n]).is_err() {
-                            reply = gone(reply, &mut call);
-                        }
+                    if let Reply::Started(stream) = &mut reply
+                        && stream.write(&buf[..n]).is_err()
+                    {
+                        reply = gone(reply, &mut call);
                     }
                 }
                 Ok(Next::StdoutEnd) | Err(_) => break,
@@ -187,11 +191,11 @@ fn feed(
             let deadline = if state.late { None } else { respond_by };
             match io.next(buf, deadline) {
                 Ok(Next::Stdout(n)) => {
-                    if state.spool_failed.is_none() {
-                        if let Err(e) = spool.push(&buf[..n]) {
-                            state.spool_failed = Some(e);
-                            group.kill();
-                        }
+                    if state.spool_failed.is_none()
+                        && let Err(e) = spool.push(&buf[..n])
+                    {
+                        state.spool_failed = Some(e);
+                        group.kill();
                     }
                 }
                 Ok(Next::StdoutEnd) => {}

@@ -85,7 +85,13 @@ fn methods_targets_and_headers_are_relayed_but_hop_by_hop_headers_are_not() {
     let r = wd.request(
         "PROPFIND",
         "/a/b%2Fc?x=1&y=%20z",
-        &[("X-Custom", "v"), ("Connection", "X-Private"), ("X-Private", "secret"), ("TE", "trailers"), ("Keep-Alive", "1")],
+        &[
+            ("X-Custom", "v"),
+            ("Connection", "X-Private"),
+            ("X-Private", "secret"),
+            ("TE", "trailers"),
+            ("Keep-Alive", "1"),
+        ],
         b"",
     );
     assert_eq!(r.status, 200, "{}", r.text());
@@ -123,7 +129,11 @@ fn bodies_keep_their_framing() {
     s.write_all(b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").expect("send");
     let r = read_response(&mut BufReader::new(s), false).expect("response");
     let text = r.text();
-    assert_eq!((json_field(&text, "chunked"), json_field(&text, "body_len")), (Some("true"), Some("5")), "{text}");
+    assert_eq!(
+        (json_field(&text, "chunked"), json_field(&text, "body_len")),
+        (Some("true"), Some("5")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -244,7 +254,11 @@ fn localhost_in_upstream_url_works() {
     let dir = TempDir::new("localhost");
     let port = free_port();
     let url = format!("http://localhost:{port}/");
-    let wd = Watchdog::start(&[("mode", "http"), ("fprocess", &echo_upstream(&dir, port)), ("upstream_url", &url)]);
+    let wd = Watchdog::start(&[
+        ("mode", "http"),
+        ("fprocess", &echo_upstream(&dir, port)),
+        ("upstream_url", &url),
+    ]);
     assert_eq!(json_field(&wd.get("/x").text(), "target"), Some("/x"));
 }
 
@@ -308,7 +322,11 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
     assert!(r.elapsed < Duration::from_millis(1800), "{:?}", r.elapsed);
     let r = wd.request("GET", "/", &[("X-Timeout", "30s")], b"");
     assert_eq!(r.status, 504, "X-Timeout is capped at exec_timeout");
-    assert!(r.elapsed >= Duration::from_millis(1800) && r.elapsed < Duration::from_millis(2900), "{:?}", r.elapsed);
+    assert!(
+        r.elapsed >= Duration::from_millis(1800) && r.elapsed < Duration::from_millis(2900),
+        "{:?}",
+        r.elapsed
+    );
 }
 
 #[test]

@@ -78,3 +78,38 @@ fn prefix_logs_false_logs_function_lines_verbatim() {
     wd.post("/", b"");
     wd.wait_until("the raw line", STARTUP, |wd| wd.output.lines(true).iter().any(|l| l == "raw-line"));
 }
+
+/// Minimal checks that a line is one JSON object with the given string keys.
+fn json_object_with(line: &str, keys: &[&str]) -> bool {
+    line.starts_with('{') && line.ends_with('}') && keys.iter().all(|k| line.contains(&format!("\"{k}\":\"")))
+}
+
+#[test]
+fn json_log_format_makes_every_line_one_object() {
+    let dir = TempDir::new("json");
+    let f = dir.script("f", "echo 'plain stderr line' >&2; echo '{\"own\":\"json\"}' >&2; cat");
+    let mut wd = Watchdog::start(&[("fprocess", &f), ("log_format", "json"), ("log_callid", "true")]);
+    wd.request("POST", "/json-path?q=1", &[("X-Call-Id", "id-7")], b"hello");
+    wd.wait_log("\"path\":\"/json-path\"", STARTUP);
+    wd.wait_log("plain stderr line", STARTUP);
+    let lines = wd.output.lines(true);
+    for line in &lines {
+        assert!(
+            json_object_with(line, &["time", "level", "msg"]) || line == "{\"own\":\"json\"}",
+            "not a JSON log line: {line}"
+        );
+    }
+    let call = lines.iter().find(|l| l.contains("\"path\":\"/json-path\"")).expect("request line");
+    for field in [
+        "\"method\":\"POST\"",
+        "\"status\":200",
+        "\"bytes\":5",
+        "\"call_id\":\"id-7\"",
+        "\"duration_seconds\":",
+    ] {
+        assert!(call.contains(field), "{field} missing from {call}");
+    }
+    let fn_line = lines.iter().find(|l| l.contains("plain stderr line")).expect("function line");
+    assert!(fn_line.contains("\"stream\":\"stderr\""), "{fn_line}");
+    assert!(lines.iter().any(|l| l == "{\"own\":\"json\"}"), "a function's own JSON line is kept as it is");
+}

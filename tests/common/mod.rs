@@ -159,11 +159,9 @@ impl Watchdog {
         output.pump(child.stderr.take().expect("stderr"), true);
         let mut wd = Watchdog { child, port: 0, metrics_port: None, tmpdir, output };
         let log = wd.wait_log("Listening on port: ", STARTUP);
-        wd.port = log.rsplit(' ').next().and_then(|p| p.parse().ok()).expect("port in log");
+        wd.port = number_after(&log, "Listening on port: ").expect("port in log");
         wd.metrics_port =
-            wd.output.stderr().lines().find_map(|l| {
-                l.split("Metrics listening on port: ").nth(1).and_then(|p| p.trim().parse().ok())
-            });
+            wd.output.stderr().lines().find_map(|l| number_after(l, "Metrics listening on port: "));
         if opts.wait_healthy {
             wd.wait_until("GET /_/health == 200", STARTUP, |wd| {
                 try_request(wd.port, "GET", "/_/health", &[], b"").is_some_and(|r| r.status == 200)
@@ -264,6 +262,12 @@ impl Watchdog {
             .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// The number right after `prefix` in `line` (text or JSON log lines).
+fn number_after(line: &str, prefix: &str) -> Option<u16> {
+    let rest = line.split(prefix).nth(1)?;
+    rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok()
 }
 
 impl Drop for Watchdog {

@@ -77,7 +77,7 @@ fn process_metrics_are_read_from_proc() {
     let vm_rss: f64 = vm_rss.trim().trim_end_matches(" kB").trim().parse::<f64>().expect("kB") * 1024.0;
     assert!(rss > vm_rss / 2.0 && rss < vm_rss * 2.0, "rss {rss} vs VmRSS {vm_rss}");
     let fds = value(&text, "process_open_fds").expect("fds");
-    assert!(fds >= 3.0 && fds < 200.0, "{fds}");
+    assert!((3.0..200.0).contains(&fds), "{fds}");
     assert!(value(&text, "process_max_fds").expect("max fds") >= fds);
     let start = value(&text, "process_start_time_seconds").expect("start");
     let now =

@@ -67,6 +67,11 @@ impl Output {
         });
     }
 
+    /// Captures `stream` line by line (for processes the tests start themselves).
+    pub fn pump_public(&self, stream: impl Read + Send + 'static, is_stderr: bool) {
+        self.pump(stream, is_stderr);
+    }
+
     pub fn stderr(&self) -> String {
         self.lines(true).join("\n")
     }

@@ -5,8 +5,10 @@
 //!                                              fork modes on this machine)
 //!   benchtool startup BINARY RUNS PORT         time from spawning the watchdog to its first
 //!                                              200 on GET /_/health (median, min, max)
-//!   benchtool latency URL REQUESTS             sequential GETs on one keep-alive connection:
+//!   benchtool latency HOST:PORT/PATH REQUESTS  sequential GETs on one keep-alive connection:
 //!                                              p50/p99 latency in microseconds
+//!   benchtool upstream PORT                    a fast HTTP/1.1 keep-alive server for http mode:
+//!                                              GET answers "hello world", POST echoes its body
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,8 +22,9 @@ fn main() {
         "spawn-baseline" => spawn_baseline(arg(1).parse().unwrap_or(16), arg(2).parse().unwrap_or(5.0)),
         "startup" => startup(&arg(1), arg(2).parse().unwrap_or(20), arg(3).parse().unwrap_or(18700)),
         "latency" => latency(&arg(1), arg(2).parse().unwrap_or(2000)),
+        "upstream" => upstream(arg(1).parse().unwrap_or(5000)),
         _ => {
-            eprintln!("usage: benchtool spawn-baseline THREADS SECONDS | startup BINARY RUNS PORT | latency HOST:PORT/PATH REQUESTS");
+            eprintln!("usage: benchtool spawn-baseline THREADS SECONDS | startup BINARY RUNS PORT | latency HOST:PORT/PATH REQUESTS | upstream PORT");
             std::process::exit(2);
         }
     }
@@ -151,4 +154,60 @@ fn latency(target: &str, requests: usize) {
     times.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| times.get(((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1))).copied().unwrap_or(0.0);
     println!("p50_us={:.1} p99_us={:.1} n={}", pct(0.5), pct(0.99), times.len());
+}
+
+fn upstream(port: u16) {
+    let listener = match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    for conn in listener.incoming().flatten() {
+        std::thread::spawn(move || serve_upstream(conn));
+    }
+}
+
+fn serve_upstream(conn: TcpStream) {
+    use std::io::BufRead;
+    let _ = conn.set_nodelay(true);
+    let Ok(mut w) = conn.try_clone() else { return };
+    let mut r = std::io::BufReader::with_capacity(64 * 1024, conn);
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let is_post = line.starts_with("POST");
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        body.resize(length, 0);
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let payload: &[u8] = if is_post { &body } else { b"hello world" };
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", payload.len());
+        let mut out = Vec::with_capacity(head.len() + payload.len());
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(payload);
+        if w.write_all(&out).is_err() {
+            return;
+        }
+    }
 }

@@ -27,17 +27,20 @@ const CONTROL_QUEUE: usize = 1024;
 /// only has to outlive requests tiny_http already parsed from it).
 const POISON_TTL: Duration = Duration::from_secs(30);
 
+/// Queued work is boxed: crossbeam's bounded queues allocate and touch every slot up front, so
+/// a slot the size of an `Exchange` (~500 bytes) made 1024 + 256 slots cost 640 KiB of idle
+/// memory; a pointer costs 20 KiB.
 enum Control {
     Refuse(Box<Refused>),
-    Health(Exchange),
-    Ready(Exchange),
+    Health(Box<Exchange>),
+    Ready(Box<Exchange>),
     /// A function call that found no place: 429.
-    Busy(Exchange, String),
+    Busy(Box<Exchange>, String),
 }
 
 pub(crate) struct Dispatcher {
     wd: Arc<Watchdog>,
-    workers: Arc<Pool<Exchange>>,
+    workers: Arc<Pool<Box<Exchange>>>,
     control: Arc<Pool<Control>>,
     poisoned: Mutex<HashMap<SocketAddr, Instant>>,
     any_poisoned: AtomicBool,
@@ -47,7 +50,7 @@ impl Dispatcher {
     pub(crate) fn new(wd: Arc<Watchdog>) -> Arc<Dispatcher> {
         let workers = wd.config.workers();
         let w = Arc::clone(&wd);
-        let worker_pool = Pool::new("worker", workers, workers, move |ex| run_call(&w, ex));
+        let worker_pool = Pool::new("worker", workers, workers, move |ex: Box<Exchange>| run_call(&w, *ex));
         let c = Arc::clone(&wd);
         let control = Pool::new("control", CONTROL_THREADS, CONTROL_QUEUE, move |job| run_control(&c, job));
         Arc::new(Dispatcher {
@@ -67,7 +70,7 @@ impl Dispatcher {
             return;
         }
         let mut ex = match Exchange::accept(req, received) {
-            Ok(ex) => ex,
+            Ok(ex) => Box::new(ex),
             Err(refused) => {
                 if refused.rejection.breaks_framing() {
                     self.poison(refused.req.remote_addr());
@@ -153,8 +156,8 @@ fn log_call(
 fn run_control(wd: &Watchdog, job: Control) {
     match job {
         Control::Refuse(refused) => exchange::refuse(*refused, wd.port),
-        Control::Health(ex) => health(wd, ex),
-        Control::Ready(ex) => ready(wd, ex),
+        Control::Health(ex) => health(wd, *ex),
+        Control::Ready(ex) => ready(wd, *ex),
         Control::Busy(ex, msg) => {
             let headers = [
                 ("Content-Type", "text/plain; charset=utf-8"),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const STATIC_BIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/x86_64-unknown-linux-gnu/release/fwatchdog");
+const STATIC_BIN: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/target/x86_64-unknown-linux-gnu/release/fwatchdog");
 
 fn find_busybox() -> Option<PathBuf> {
     ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).find(|p| p.exists())
@@ -20,12 +21,14 @@ fn find_busybox() -> Option<PathBuf> {
 fn is_static(path: &Path) -> bool {
     let Ok(b) = std::fs::read(path) else { return false };
     let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]) as usize);
-    let u64_at = |o: usize| b.get(o..o + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])) as usize);
+    let u64_at =
+        |o: usize| b.get(o..o + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])) as usize);
     let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
         return false;
     };
     b.starts_with(b"\x7fELF")
-        && (0..phnum).all(|i| b.get(phoff + i * phentsize..phoff + i * phentsize + 4) != Some(&[3, 0, 0, 0][..]))
+        && (0..phnum)
+            .all(|i| b.get(phoff + i * phentsize..phoff + i * phentsize + 4) != Some(&[3, 0, 0, 0][..]))
 }
 
 fn can_isolate() -> bool {
@@ -37,7 +40,12 @@ fn can_isolate() -> bool {
 
 /// Runs `args` inside the network namespace of `pid`.
 fn in_netns(pid: u32, args: &[&str]) -> Option<String> {
-    let out = Command::new("nsenter").arg(format!("--net=/proc/{pid}/ns/net")).arg("--").args(args).output().ok()?;
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg("--")
+        .args(args)
+        .output()
+        .ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -93,7 +101,10 @@ fn the_static_binary_serves_from_an_empty_root_as_pid_1() {
         pid != 0 && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("fwatchdog"))
     });
     let nspid = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    assert!(nspid.lines().any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")), "not PID 1: {nspid}");
+    assert!(
+        nspid.lines().any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")),
+        "not PID 1: {nspid}"
+    );
 
     let start = Instant::now();
     let health = loop {
@@ -105,9 +116,11 @@ fn the_static_binary_serves_from_an_empty_root_as_pid_1() {
     };
     assert_eq!(health, "OK");
     assert!(root.join("tmp/.lock").exists(), "lock file inside the root");
-    let echoed = in_netns(pid, &["curl", "-s", "-m", "5", "--data-binary", "from scratch", "http://127.0.0.1:8080/"]);
+    let echoed =
+        in_netns(pid, &["curl", "-s", "-m", "5", "--data-binary", "from scratch", "http://127.0.0.1:8080/"]);
     assert_eq!(echoed.as_deref(), Some("from scratch"), "{}", output.all());
-    let metrics = in_netns(pid, &["curl", "-s", "-m", "5", "http://127.0.0.1:8081/metrics"]).expect("metrics");
+    let metrics =
+        in_netns(pid, &["curl", "-s", "-m", "5", "http://127.0.0.1:8081/metrics"]).expect("metrics");
     assert!(metrics.contains("http_requests_total{code=\"200\",method=\"post\"} 1"), "{metrics}");
 
     unsafe { kill(pid as i32, SIGTERM) };

@@ -19,7 +19,7 @@ use crate::server::Watchdog;
 use crate::spool::Spool;
 use crate::upstream::Upstream;
 
-use super::fork::{self, IO_BUFFER};
+use super::fork::{self, IoBuffer};
 use super::{Handler, Outcome};
 
 const BUFFERED_BODY_MEMORY: usize = 1024 * 1024;
@@ -184,7 +184,7 @@ impl Handler for Http {
         if length.is_none() && ex.needs_length() {
             // An HTTP/1.0 keep-alive client needs the length up front.
             let mut spool = Spool::new(BUFFERED_BODY_MEMORY);
-            let mut buf = vec![0u8; IO_BUFFER];
+            let mut buf = IoBuffer::take();
             loop {
                 match reader.read(&mut buf) {
                     Ok(0) => break,
@@ -232,7 +232,7 @@ enum Broken {
 
 /// Relays the upstream's body piece by piece, each piece flushed to the client.
 fn copy_body(reader: &mut impl Read, stream: &mut ResponseStream) -> Result<(), Broken> {
-    let mut buf = vec![0u8; IO_BUFFER];
+    let mut buf = IoBuffer::take();
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => return Ok(()),
@@ -283,7 +283,7 @@ impl Http {
             Framing::Length(_) | Framing::Chunked if buffer => {
                 // Read whole (bounded memory: a spool), then sent with its Content-Length.
                 let mut spool = Spool::new(BUFFERED_BODY_MEMORY);
-                let mut buf = vec![0u8; IO_BUFFER];
+                let mut buf = IoBuffer::take();
                 loop {
                     match ex.read_body(&mut buf, read_deadline) {
                         Ok(0) => break,

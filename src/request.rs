@@ -207,20 +207,21 @@ pub(crate) fn inspect(head: &Head<'_>, received: Instant) -> Result<RequestInfo,
     })
 }
 
+/// The origin form (`/path?query`) of a request target, also of the absolute form
+/// (`http://host/path?query`); `None` for anything else.
+pub(crate) fn origin_form(target: &str) -> Option<&str> {
+    if let Some(rest) = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) {
+        return Some(rest.find(['/', '?']).map_or("/", |i| &rest[i..]));
+    }
+    target.starts_with('/').then_some(target)
+}
+
 /// Splits a request target into its decoded path and raw query.
 fn split_target(target: &str) -> Result<(Vec<u8>, Option<String>), Rejection> {
     if target == "*" {
         return Ok((b"*".to_vec(), None));
     }
-    let origin =
-        if let Some(rest) = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) {
-            // absolute-form: drop the authority
-            rest.find(['/', '?']).map_or("/", |i| &rest[i..])
-        } else if target.starts_with('/') {
-            target
-        } else {
-            return Err(Rejection::BadRequest("invalid request target"));
-        };
+    let origin = origin_form(target).ok_or(Rejection::BadRequest("invalid request target"))?;
     if origin.bytes().any(|b| b.is_ascii_control()) {
         return Err(Rejection::BadRequest("control character in request target"));
     }

@@ -98,6 +98,12 @@ fn methods_targets_and_headers_are_relayed_but_hop_by_hop_headers_are_not() {
     let text = r.text();
     assert_eq!(json_field(&text, "method"), Some("PROPFIND"));
     assert_eq!(json_field(&text, "target"), Some("/a/b%2Fc?x=1&y=%20z"));
+    let r = wd.get("http://example.com/absolute?form=1");
+    assert_eq!(
+        json_field(&r.text(), "target"),
+        Some("/absolute?form=1"),
+        "absolute-form targets go upstream in origin form"
+    );
     assert_eq!(upstream_header(&text, "X-Custom"), Some("v"));
     assert_eq!(upstream_header(&text, "Host"), Some(format!("127.0.0.1:{}", wd.port).as_str()));
     for hop in ["X-Private", "TE", "Keep-Alive"] {

@@ -254,7 +254,8 @@ impl Http {
         limit: Option<Duration>,
         respond_by: Option<Instant>,
     ) -> Result<http::Response<ureq::Body>, Failure> {
-        let uri = format!("{}{}", self.base, ex.info.uri);
+        let target = crate::request::origin_form(&ex.info.uri).ok_or(Failure::BadTarget)?;
+        let uri = format!("{}{}", self.base, target);
         let mut builder = http::Request::builder().method(ex.info.method.as_str()).uri(uri.as_str());
         let tokens = connection_tokens(
             ex.headers().filter(|(k, _)| k.eq_ignore_ascii_case("connection")).map(|(_, v)| v),

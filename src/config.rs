@@ -322,6 +322,9 @@ where
     let ready_path = env
         .get(&["ready_path"])
         .map(|(_, v)| if v.starts_with('/') { v.to_string() } else { format!("/{v}") });
+    if let Some(path) = ready_path.as_deref().filter(|p| !crate::request::valid_target(p)) {
+        return Err(ConfigError(format!("invalid ready_path {path:?}: not a valid request path")));
+    }
 
     let log_format = match env.get(&["log_format"]) {
         None | Some((_, "text")) => LogFormat::Text,
@@ -536,6 +539,8 @@ mod tests {
         assert!(e.contains("jwt_auth"), "{e}");
         let e = err(&[("mode", "static"), ("static_path", "/definitely/not/here")]);
         assert!(e.contains("static_path"), "{e}");
+        let e = err(&[("fprocess", "cat"), ("ready_path", "/bad%zz")]);
+        assert!(e.contains("ready_path"), "{e}");
     }
 
     #[test]

@@ -198,15 +198,10 @@ fn ready(wd: &Watchdog, mut ex: Exchange) {
         ex.respond(200, &[], b"");
         return;
     };
-    ex.info.method = "GET".into();
-    ex.info.uri = path.clone();
-    let (raw_path, query) = match path.split_once('?') {
-        Some((p, q)) => (p, (!q.is_empty()).then(|| q.to_string())),
-        None => (path.as_str(), None),
-    };
-    ex.info.path =
-        crate::request::percent_decode(raw_path.as_bytes()).unwrap_or_else(|| raw_path.as_bytes().to_vec());
-    ex.info.query = query;
+    if ex.info.retarget("GET", path).is_err() {
+        ex.respond(500, &[], b"");
+        return;
+    }
     let (received, quiet, call_id) = (ex.info.received, ex.info.kube_probe, ex.info.call_id.clone());
     let outcome = match catch_unwind(AssertUnwindSafe(|| wd.handler.handle(ex, wd))) {
         Ok(outcome) => outcome,

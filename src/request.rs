@@ -54,6 +54,16 @@ impl RequestInfo {
     pub(crate) fn is_head(&self) -> bool {
         self.method == "HEAD"
     }
+
+    /// Makes this the request `method target` (`/_/ready` calls the function as `GET ready_path`;
+    /// config has checked that `ready_path` parses).
+    pub(crate) fn retarget(&mut self, method: &str, target: &str) -> Result<(), Rejection> {
+        let (path, query) = split_target(target)?;
+        self.method = method.to_string();
+        self.uri = target.to_string();
+        (self.path, self.query) = (path, query);
+        Ok(())
+    }
 }
 
 /// A request refused before its body is read.
@@ -216,6 +226,11 @@ pub(crate) fn origin_form(target: &str) -> Option<&str> {
     target.starts_with('/').then_some(target)
 }
 
+/// A request target the watchdog can serve (config uses it to check `ready_path`).
+pub(crate) fn valid_target(target: &str) -> bool {
+    split_target(target).is_ok()
+}
+
 /// Splits a request target into its decoded path and raw query.
 fn split_target(target: &str) -> Result<(Vec<u8>, Option<String>), Rejection> {
     if target == "*" {
@@ -234,7 +249,7 @@ fn split_target(target: &str) -> Result<(Vec<u8>, Option<String>), Rejection> {
     Ok((path, query))
 }
 
-pub(crate) fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {

@@ -1,7 +1,7 @@
 //! What streaming and serializing mode share: starting the function for a request, its
 //! deadlines, and ending it.
 
-use std::io::{self, Read};
+use std::io;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -9,51 +9,12 @@ use crate::cgi;
 use crate::child_io::ChildIo;
 use crate::config::Config;
 use crate::duration::format_go;
-use crate::exchange::{Exchange, ResponseStream};
+use crate::exchange::Exchange;
 use crate::logging::{FunctionLog, Stream};
 use crate::process::{DeadlineGuard, Function, describe_exit};
-use crate::request::RequestInfo;
 use crate::server::Watchdog;
-use crate::spool::Spool;
 
-use super::Outcome;
-
-/// Size of the buffer stdout, stderr and bodies are moved through.
-pub(super) const IO_BUFFER: usize = 64 * 1024;
-
-thread_local! {
-    static SPARE_BUFFER: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
-}
-
-/// An I/O buffer of `IO_BUFFER` bytes, kept per worker thread between calls (a fresh 64 KiB
-/// zeroed allocation per call showed up in profiles).
-pub(super) struct IoBuffer(Vec<u8>);
-
-impl IoBuffer {
-    pub(super) fn take() -> IoBuffer {
-        IoBuffer(SPARE_BUFFER.with(|b| b.take()).unwrap_or_else(|| vec![0u8; IO_BUFFER]))
-    }
-}
-
-impl Drop for IoBuffer {
-    fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.0);
-        SPARE_BUFFER.with(|b| b.set(Some(buf)));
-    }
-}
-
-impl std::ops::Deref for IoBuffer {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for IoBuffer {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.0
-    }
-}
+use super::{Limits, Outcome, text};
 
 /// A running function process for one request.
 pub(super) struct Call {
@@ -73,27 +34,12 @@ pub(super) struct Ended {
     pub(super) timed_out: bool,
 }
 
-/// The call's time limit: exec_timeout, or X-Timeout when that is shorter (SPEC §4).
-pub(crate) fn time_limit(info: &RequestInfo, config: &Config) -> Option<Duration> {
-    match (config.exec_timeout, info.x_timeout) {
-        (Some(exec), Some(x)) => Some(exec.min(x)),
-        (exec, x) => exec.or(x),
-    }
-}
-
-/// When reading the request body must be over.
-pub(super) fn read_deadline(info: &RequestInfo, config: &Config) -> Option<Instant> {
-    (!config.read_timeout.is_zero()).then(|| info.received + config.read_timeout)
-}
-
 /// Starts the function for `ex` with its CGI environment and arms its deadline.
 pub(super) fn start(ex: &Exchange, wd: &Watchdog) -> io::Result<Call> {
     let env = cgi::environment(ex);
     let mut f = wd.children.spawn(&wd.config.argv, &env)?;
-    let limit = time_limit(&ex.info, &wd.config);
+    let Limits { limit, respond_by } = Limits::of(&ex.info, &wd.config);
     let guard = limit.map(|l| wd.deadlines.schedule(Instant::now() + l, &f.group));
-    let respond_by =
-        limit.is_none_or(|l| wd.config.write_timeout < l).then(|| ex.info.received + wd.config.write_timeout);
     let log = FunctionLog::new(Stream::Stderr, wd.config.prefix_logs, wd.config.log_buffer_size);
     let io = ChildIo::new(f.stdout.take(), f.stderr.take(), log, None);
     Ok(Call { f, io, limit, respond_by, _deadline: guard })
@@ -132,36 +78,4 @@ pub(super) fn spawn_failed(ex: Exchange, wd: &Watchdog, e: &io::Error, extra: &[
     let program = wd.config.argv.first().map(String::as_str).unwrap_or("");
     log::error!("cannot start function {program:?}: {e}");
     text(ex, 500, &format!("cannot start function {program:?}: {e}\n"), extra)
-}
-
-/// A plain-text response.
-pub(super) fn text(ex: Exchange, status: u16, msg: &str, extra: &[(&str, &str)]) -> Outcome {
-    let mut headers = vec![("Content-Type", "text/plain; charset=utf-8")];
-    headers.extend_from_slice(extra);
-    let bytes = ex.respond(status, &headers, msg.as_bytes());
-    Outcome { status, bytes }
-}
-
-/// Sends a spooled body with its exact length.
-pub(super) fn send_spool(ex: Exchange, status: u16, headers: &[(&str, &str)], spool: &mut Spool) -> Outcome {
-    if let Some(body) = spool.as_slice() {
-        let bytes = ex.respond(status, headers, body);
-        return Outcome { status, bytes };
-    }
-    let mut stream = ex.stream(status, headers, Some(spool.len()));
-    let bytes = copy_spool(spool, &mut stream).and_then(|()| stream.finish()).unwrap_or(0);
-    Outcome { status, bytes }
-}
-
-/// Writes the spool's content to a started response.
-pub(super) fn copy_spool(spool: &mut Spool, stream: &mut ResponseStream) -> io::Result<()> {
-    let mut reader = spool.reader()?;
-    let mut buf = IoBuffer::take();
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        stream.write(&buf[..n])?;
-    }
 }

@@ -19,7 +19,7 @@ use crate::server::Watchdog;
 use crate::spool::Spool;
 use crate::upstream::Upstream;
 
-use super::fork::{self, IoBuffer};
+use super::IoBuffer;
 use super::{Handler, Outcome};
 
 const BUFFERED_BODY_MEMORY: usize = 1024 * 1024;
@@ -151,10 +151,7 @@ impl Handler for Http {
     }
 
     fn handle(&self, mut ex: Exchange, wd: &Watchdog) -> Outcome {
-        let limit = fork::time_limit(&ex.info, &wd.config);
-        let respond_by = limit
-            .is_none_or(|l| wd.config.write_timeout < l)
-            .then(|| ex.info.received + wd.config.write_timeout);
+        let super::Limits { limit, respond_by } = super::Limits::of(&ex.info, &wd.config);
         let started = Instant::now();
         let result = self.relay(&mut ex, wd, limit, respond_by);
         let duration = seconds_f6(started.elapsed());
@@ -199,7 +196,7 @@ impl Handler for Http {
                     }
                 }
             }
-            return fork::send_spool(ex, status, &headers, &mut spool);
+            return super::send_spool(ex, status, &headers, &mut spool);
         }
         let peer = ex.info.peer;
         let mut stream = ex.stream(status, &headers, length);
@@ -365,9 +362,9 @@ fn failed(ex: Exchange, failure: Failure, duration: &str) -> Outcome {
     match failure {
         Failure::Client(e) => {
             log::info!("{method} {uri}: {}", e.message());
-            fork::text(ex, e.status(), &format!("{}\n", e.message()), &[("X-Duration-Seconds", duration)])
+            super::text(ex, e.status(), &format!("{}\n", e.message()), &[("X-Duration-Seconds", duration)])
         }
-        Failure::BadTarget => fork::text(ex, 400, "400 Bad Request: invalid request target\n", &[]),
+        Failure::BadTarget => super::text(ex, 400, "400 Bad Request: invalid request target\n", &[]),
         Failure::Upstream(e) => {
             let status = match &e {
                 ureq::Error::Timeout(_) => 504,

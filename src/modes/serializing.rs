@@ -10,7 +10,8 @@ use crate::exchange::{Exchange, duration_header};
 use crate::server::Watchdog;
 use crate::spool::Spool;
 
-use super::fork::{self, IoBuffer};
+use super::IoBuffer;
+use super::fork;
 use super::{Handler, Outcome};
 
 const SPOOL_MEMORY: usize = 1024 * 1024;
@@ -23,7 +24,7 @@ impl Handler for Serializing {
     fn handle(&self, mut ex: Exchange, wd: &Watchdog) -> Outcome {
         let mut buf = IoBuffer::take();
         let mut input = Spool::new(SPOOL_MEMORY);
-        let read_deadline = fork::read_deadline(&ex.info, &wd.config);
+        let read_deadline = super::read_deadline(&ex.info, &wd.config);
         loop {
             match ex.read_body(&mut buf, read_deadline) {
                 Ok(0) => break,
@@ -31,14 +32,14 @@ impl Handler for Serializing {
                     if let Err(e) = input.push(&buf[..n]) {
                         let duration = duration_header(ex.info.received);
                         let msg = format!("cannot buffer the request body: {e}\n");
-                        return fork::text(ex, 500, &msg, &[("X-Duration-Seconds", &duration)]);
+                        return super::text(ex, 500, &msg, &[("X-Duration-Seconds", &duration)]);
                     }
                 }
                 Err(e) => {
                     let duration = duration_header(ex.info.received);
                     log::info!("{} {}: {}", ex.info.method, ex.info.uri, e.message());
                     let msg = format!("{}\n", e.message());
-                    return fork::text(ex, e.status(), &msg, &[("X-Duration-Seconds", &duration)]);
+                    return super::text(ex, e.status(), &msg, &[("X-Duration-Seconds", &duration)]);
                 }
             }
         }
@@ -96,17 +97,17 @@ impl Handler for Serializing {
         let duration = duration_header(ex.info.received);
         let timing = [("X-Duration-Seconds", duration.as_str())];
         if late && !ended.timed_out {
-            return fork::text(ex, 504, &fork::write_timeout_message(&wd.config), &timing);
+            return super::text(ex, 504, &fork::write_timeout_message(&wd.config), &timing);
         }
         if ended.timed_out || !ended.status.success() {
             let reason = fork::failure(&ended, limit);
             log::info!("{} {}: {reason}", ex.info.method, ex.info.uri);
-            return fork::text(ex, 500, &reason, &timing);
+            return super::text(ex, 500, &reason, &timing);
         }
         if let Some(e) = output_failed {
-            return fork::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &timing);
+            return super::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &timing);
         }
         let headers = [("Content-Type", wd.config.content_type.as_str()), timing[0]];
-        fork::send_spool(ex, 200, &headers, &mut output)
+        super::send_spool(ex, 200, &headers, &mut output)
     }
 }

@@ -14,7 +14,7 @@ use crate::clock;
 use crate::exchange::Exchange;
 use crate::server::Watchdog;
 
-use super::fork::IO_BUFFER;
+use super::IO_BUFFER;
 use super::{Handler, Outcome};
 
 pub(crate) struct StaticFiles {

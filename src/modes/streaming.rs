@@ -15,7 +15,8 @@ use crate::exchange::{Exchange, ResponseStream};
 use crate::server::Watchdog;
 use crate::spool::Spool;
 
-use super::fork::{self, Call, IoBuffer};
+use super::IoBuffer;
+use super::fork::{self, Call};
 use super::{Handler, Outcome};
 
 const SPOOL_MEMORY: usize = 64 * 1024;
@@ -46,7 +47,7 @@ impl Handler for Streaming {
             call.f.group.kill();
             fork::end(call, wd, &mut buf);
             log::info!("{} {}: {}", ex.info.method, ex.info.uri, e.message());
-            return fork::text(ex, e.status(), &format!("{}\n", e.message()), &[]);
+            return super::text(ex, e.status(), &format!("{}\n", e.message()), &[]);
         }
 
         let content_type = wd.config.content_type.as_str();
@@ -61,7 +62,7 @@ impl Handler for Streaming {
         {
             reply = start(reply, &headers);
             if let Reply::Started(stream) = &mut reply
-                && fork::copy_spool(&mut spool, stream).is_err()
+                && super::copy_spool(&mut spool, stream).is_err()
             {
                 reply = gone(reply, &mut call);
             }
@@ -92,7 +93,7 @@ impl Handler for Streaming {
                     if call.io.stdout_open() {
                         reply = start(reply, &headers);
                         if let Reply::Started(stream) = &mut reply
-                            && fork::copy_spool(&mut spool, stream).is_err()
+                            && super::copy_spool(&mut spool, stream).is_err()
                         {
                             reply = gone(reply, &mut call);
                         }
@@ -129,13 +130,13 @@ impl Handler for Streaming {
             Reply::Gone(bytes) => Outcome { status: 200, bytes },
             Reply::Pending(ex) => {
                 if state.late && !ended.timed_out {
-                    fork::text(ex, 504, &fork::write_timeout_message(&wd.config), &[])
+                    super::text(ex, 504, &fork::write_timeout_message(&wd.config), &[])
                 } else if let Some(e) = state.spool_failed {
-                    fork::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &[])
+                    super::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &[])
                 } else if !spool.is_empty() {
-                    fork::send_spool(ex, 200, &headers, &mut spool)
+                    super::send_spool(ex, 200, &headers, &mut spool)
                 } else if ended.timed_out || !ended.status.success() {
-                    fork::text(ex, 500, &format!("{}\n", fork::failure(&ended, limit)), &[])
+                    super::text(ex, 500, &format!("{}\n", fork::failure(&ended, limit)), &[])
                 } else {
                     let bytes = ex.respond(200, &headers, b"");
                     Outcome { status: 200, bytes }
@@ -181,7 +182,7 @@ fn feed(
         Err(e) => return Err(crate::exchange::BodyError::Io(e)),
     };
     call.io.watch_input(done_rx);
-    let read_deadline = fork::read_deadline(&ex.info, &wd.config);
+    let read_deadline = super::read_deadline(&ex.info, &wd.config);
     let respond_by = call.respond_by;
     let group = std::sync::Arc::clone(&call.f.group);
     let io = &mut call.io;

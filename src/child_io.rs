@@ -147,7 +147,7 @@ impl ChildIo {
     pub(crate) fn wait_exit(&mut self, pid: u32, buf: &mut [u8]) {
         let mut pidfd: Option<Option<OwnedFd>> = None;
         loop {
-            if exited(pid) {
+            if crate::process::has_exited(pid, false) {
                 break;
             }
             let Some(err) = &self.stderr else {
@@ -189,16 +189,6 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     // SAFETY: a non-negative result is a fresh descriptor we own.
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// The process has exited (it is a zombie or gone); does not reap it.
-fn exited(pid: u32) -> bool {
-    // SAFETY: info is a valid out pointer; WNOWAIT leaves the child waitable.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
-    };
-    rc != 0 || unsafe { info.si_pid() } != 0
 }
 
 /// Feeds the request body to the function's stdin as it arrives (streaming mode's helper

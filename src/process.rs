@@ -147,7 +147,7 @@ impl Children {
     /// Waits for the process to exit, kills whatever is left of its group, and reaps it.
     pub(crate) fn finish(&self, mut f: Function) -> ExitStatus {
         drop(f.stdin.take());
-        wait_exited(f.child.id());
+        has_exited(f.child.id(), true);
         {
             let mut reaped = f.group.reaped.lock().unwrap_or_else(PoisonError::into_inner);
             unsafe { libc::kill(-f.group.pgid, libc::SIGKILL) };
@@ -200,16 +200,18 @@ fn search_path(program: &str) -> Option<String> {
     })
 }
 
-/// Blocks until `pid` has exited, without reaping it.
-fn wait_exited(pid: u32) {
+/// Whether the child `pid` has exited (or is not ours to wait for), without reaping it, so its
+/// pid and process group id stay reserved. With `block`, waits for the exit.
+pub(crate) fn has_exited(pid: u32, block: bool) -> bool {
+    let flags = libc::WEXITED | libc::WNOWAIT | if block { 0 } else { libc::WNOHANG };
     loop {
+        // SAFETY: info is a valid out pointer; WNOWAIT leaves the child waitable.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: info is a valid out pointer.
-        let rc =
-            unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
-        if rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return;
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+        if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
         }
+        return rc != 0 || unsafe { info.si_pid() } != 0;
     }
 }
 

@@ -56,20 +56,11 @@ fn new_socket(family: libc::c_int) -> io::Result<RawFd> {
     cvt(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })
 }
 
-fn bind_v6(port: u16) -> io::Result<RawFd> {
-    let fd = new_socket(libc::AF_INET6)?;
-    let result = (|| {
-        setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1 as libc::c_int)?;
-        setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0 as libc::c_int)?;
-        // SAFETY: all-zero is a valid sockaddr_in6 (the :: address).
-        let mut addr: libc::sockaddr_in6 = unsafe { mem::zeroed() };
-        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-        addr.sin6_port = port.to_be();
-        let len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-        cvt(unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_in6).cast(), len) })
-    })();
-    match result {
-        Ok(_) => Ok(fd),
+/// A new socket of `family` with SO_REUSEADDR, set up and bound by `bind`; closed on error.
+fn bound_socket(family: libc::c_int, bind: impl FnOnce(RawFd) -> io::Result<()>) -> io::Result<RawFd> {
+    let fd = new_socket(family)?;
+    match setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1 as libc::c_int).and_then(|()| bind(fd)) {
+        Ok(()) => Ok(fd),
         Err(e) => {
             unsafe { libc::close(fd) };
             Err(e)
@@ -77,24 +68,27 @@ fn bind_v6(port: u16) -> io::Result<RawFd> {
     }
 }
 
+fn bind_v6(port: u16) -> io::Result<RawFd> {
+    bound_socket(libc::AF_INET6, |fd| {
+        setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0 as libc::c_int)?;
+        // SAFETY: all-zero is a valid sockaddr_in6 (the :: address).
+        let mut addr: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        addr.sin6_port = port.to_be();
+        let len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        cvt(unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_in6).cast(), len) }).map(drop)
+    })
+}
+
 fn bind_v4(port: u16) -> io::Result<RawFd> {
-    let fd = new_socket(libc::AF_INET)?;
-    let result = (|| {
-        setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1 as libc::c_int)?;
+    bound_socket(libc::AF_INET, |fd| {
         // SAFETY: all-zero is a valid sockaddr_in (0.0.0.0).
         let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
         addr.sin_family = libc::AF_INET as libc::sa_family_t;
         addr.sin_port = port.to_be();
         let len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        cvt(unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len) })
-    })();
-    match result {
-        Ok(_) => Ok(fd),
-        Err(e) => {
-            unsafe { libc::close(fd) };
-            Err(e)
-        }
-    }
+        cvt(unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len) }).map(drop)
+    })
 }
 
 fn apply_options(fd: RawFd, opts: &SocketOptions) -> io::Result<()> {

@@ -1,17 +1,106 @@
 //! The global allocator: the system allocator, except that huge blocks are mapped with
-//! `MAP_NORESERVE`.
+//! `MAP_NORESERVE`, and that a large block asked for by one of tiny_http's threads raises an
+//! alarm.
+//!
+//! tiny_http reads a request head into a buffer that grows for as long as the client sends
+//! (ENGINEERING.md trap 13). Its threads allocate nothing else that large, so when one of them
+//! asks for `HEAD_ALARM` bytes or more, the connection sweeper is woken (one byte down a pipe:
+//! no lock, no allocation) and cuts the connection that sent over 1 MiB without a complete
+//! head, before the buffer grows much further; the thread that asked pauses 20 ms, so that
+//! even many such readers at once cannot outrun the sweeper. Our own threads are named
+//! `fw-...`; tiny_http's are not.
 //!
 //! tiny_http drains an unread request body by allocating a buffer of the whole remaining
-//! declared size (ENGINEERING.md trap 1). Under the kernel's default overcommit heuristic a
-//! `Content-Length: 100000000000` makes that allocation fail, and a failed allocation aborts
-//! the process. Mapped without a reservation the buffer costs address space only: the drain
-//! touches a socket buffer's worth of it per read. Nothing of ours allocates blocks this big.
+//! declared size and reading into it (ENGINEERING.md trap 1). Under the kernel's default
+//! overcommit heuristic a `Content-Length: 100000000000` makes that allocation fail, and a
+//! failed allocation aborts the process. So blocks of `HUGE` bytes and more are mapped without
+//! a reservation: they cost address space only, and the drain touches no more of its buffer
+//! than one read brings. Beyond `ABSURD` (1 TiB) not even the address space is there (a 64-bit
+//! process has 128 TiB, and a few concurrent drains of 100 TB would exhaust it): such a block
+//! is a *window*, a mapping of only `window()` bytes, which is more than any single read from a
+//! socket can write (the kernel's largest receive buffer, doubled). Only tiny_http's drain asks
+//! for blocks that large; nothing of ours does.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 /// Blocks at least this large are mapped directly.
 const HUGE: usize = 64 << 20;
+/// Blocks larger than this get a window (see above).
+const ABSURD: usize = 1 << 40;
+/// The window's size: at least 256 MiB, more if the kernel allows larger receive buffers.
+static WINDOW: AtomicUsize = AtomicUsize::new(256 << 20);
+
+/// Tunes the C allocator for a long-running server that sees bursts: blocks of 128 KiB and
+/// more are mapped and given back to the kernel as soon as they are freed (glibc otherwise
+/// raises that threshold after the first large free and keeps freed memory in its heaps), the
+/// heaps are trimmed past 128 KiB of free space at their top, and there are at most four of
+/// them (glibc makes up to eight per core, one per thread that ever allocated).
+pub(crate) fn tune_malloc() {
+    // SAFETY: mallopt only changes allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
+/// Sizes the window from the kernel's largest TCP receive buffer (call once at startup, before
+/// any connection).
+pub(crate) fn size_window() {
+    let max_rmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let core_max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let needed = max_rmem.max(core_max).saturating_mul(2).next_multiple_of(PAGE);
+    WINDOW.fetch_max(needed, Ordering::AcqRel);
+}
+
+/// The bytes actually mapped for a huge block of `size` bytes.
+fn mapped(size: usize) -> usize {
+    if size > ABSURD { WINDOW.load(Ordering::Acquire) } else { size }
+}
 const PAGE: usize = 4096;
+/// Blocks at least this large, asked for by a thread that is not ours, wake the sweeper.
+pub(crate) const HEAD_ALARM: usize = 512 << 10;
+
+/// How long a thread that raised the alarm pauses.
+const ALARM_PAUSE_NS: libc::c_long = 20_000_000;
+
+/// Where the alarm is written (-1: nowhere yet).
+static ALARM_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Arms the alarm: `fd` is the write end of a non-blocking pipe.
+pub(crate) fn set_alarm(fd: i32) {
+    ALARM_FD.store(fd, Ordering::Release);
+}
+
+fn alarm(size: usize) {
+    if size < HEAD_ALARM {
+        return;
+    }
+    let fd = ALARM_FD.load(Ordering::Acquire);
+    if fd < 0 {
+        return;
+    }
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer; no allocation.
+    let ok = unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) } == 0;
+    if ok && !name.starts_with(b"fw-") {
+        let byte = 1u8;
+        // SAFETY: one byte from a valid buffer to a non-blocking pipe.
+        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+        // And the reader slows down, so that the sweeper catches up with it even when many
+        // such readers keep the CPUs busy.
+        let pause = libc::timespec { tv_sec: 0, tv_nsec: ALARM_PAUSE_NS };
+        // SAFETY: nanosleep reads the timespec; an interruption just shortens the pause.
+        unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+    }
+}
 
 pub(crate) struct Allocator;
 
@@ -38,17 +127,23 @@ unsafe fn map(size: usize) -> *mut u8 {
 // size, which the caller must pass unchanged to dealloc and realloc.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if huge(&layout) { unsafe { map(layout.size()) } } else { unsafe { System.alloc(layout) } }
+        alarm(layout.size());
+        if huge(&layout) { unsafe { map(mapped(layout.size())) } } else { unsafe { System.alloc(layout) } }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        alarm(layout.size());
         // Fresh anonymous mappings are zero-filled.
-        if huge(&layout) { unsafe { map(layout.size()) } } else { unsafe { System.alloc_zeroed(layout) } }
+        if huge(&layout) {
+            unsafe { map(mapped(layout.size())) }
+        } else {
+            unsafe { System.alloc_zeroed(layout) }
+        }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if huge(&layout) {
-            unsafe { libc::munmap(ptr.cast(), layout.size()) };
+            unsafe { libc::munmap(ptr.cast(), mapped(layout.size())) };
         } else {
             unsafe { System.dealloc(ptr, layout) }
         }
@@ -57,13 +152,18 @@ unsafe impl GlobalAlloc for Allocator {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: GlobalAlloc guarantees new_size is a valid size for this alignment.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        if new_size > layout.size() {
+            alarm(new_size);
+        }
         if !huge(&layout) && !huge(&new_layout) {
             return unsafe { System.realloc(ptr, layout, new_size) };
         }
         let new = unsafe { self.alloc(new_layout) };
         if !new.is_null() {
             unsafe {
-                std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                let old_bytes = if huge(&layout) { mapped(layout.size()) } else { layout.size() };
+                let new_bytes = if huge(&new_layout) { mapped(new_size) } else { new_size };
+                std::ptr::copy_nonoverlapping(ptr, new, old_bytes.min(new_bytes));
                 self.dealloc(ptr, layout);
             }
         }
@@ -80,6 +180,18 @@ mod tests {
         v[0] = 1;
         v[99_999_999_999] = 2;
         assert_eq!((v[0], v[99_999_999_999], v[50_000_000_000]), (1, 2, 0));
+    }
+
+    #[test]
+    fn absurd_blocks_get_a_window_many_at_once() {
+        // tiny_http's drain of `Content-Length: 10^14`, sixteen at once: 1.6 PB of address
+        // space, more than a process has, if each were mapped whole.
+        let mut drains: Vec<Vec<u8>> = (0..16).map(|_| vec![0u8; 100_000_000_000_000]).collect();
+        for d in &mut drains {
+            d[0] = 1;
+            d[(200 << 20) - 1] = 2;
+        }
+        assert!(drains.iter().all(|d| d[0] == 1 && d[(200 << 20) - 1] == 2 && d[4096] == 0));
     }
 
     #[test]

@@ -6,10 +6,12 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{ChildStderr, ChildStdin, ChildStdout};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::exchange::{BodyError, Exchange};
 use crate::logging::FunctionLog;
+use crate::process::ProcessGroup;
 
 /// What happened next.
 #[derive(Debug, PartialEq, Eq)]
@@ -82,6 +84,11 @@ impl ChildIo {
 
     pub(crate) fn stdout_open(&self) -> bool {
         self.stdout.is_some()
+    }
+
+    /// Stops reading stdout (the call's time is up, whoever still holds the pipe).
+    pub(crate) fn close_stdout(&mut self) {
+        self.stdout = None;
     }
 
     /// Also wake up when `fd` becomes readable (the feeder's end-of-input signal).
@@ -193,17 +200,20 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 
 /// Feeds the request body to the function's stdin as it arrives (streaming mode's helper
 /// thread). If the function stops reading, the rest of the body is still read (and dropped) so
-/// the request can be answered. On a client error stdin is handed back open: the caller kills
-/// the function first, so it never sees a clean end of a truncated input.
+/// the request can be answered. On a client error the function's group is killed while its
+/// stdin is still open, so it never sees a clean end of a truncated input; stdin is handed back.
+/// `complete` is set once the whole body has been read, before stdin is closed: whoever sees
+/// the function exit after reading its input sees the flag set.
 pub(crate) fn feed_body(
     ex: &mut Exchange,
     mut stdin: Option<ChildStdin>,
-    deadline: Option<Instant>,
+    group: &ProcessGroup,
     done: OwnedFd,
+    complete: &AtomicBool,
 ) -> Result<u64, (BodyError, Option<ChildStdin>)> {
     let mut buf = vec![0u8; 64 * 1024];
     let result = loop {
-        match ex.read_body(&mut buf, deadline) {
+        match ex.read_body(&mut buf) {
             Ok(0) => break Ok(ex.body_read()),
             Ok(n) => {
                 if let Some(w) = &mut stdin
@@ -217,11 +227,13 @@ pub(crate) fn feed_body(
     };
     match result {
         Ok(n) => {
+            complete.store(true, Ordering::SeqCst);
             drop(stdin);
             drop(done);
             Ok(n)
         }
         Err(e) => {
+            group.kill();
             drop(done);
             Err((e, stdin))
         }

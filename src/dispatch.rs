@@ -1,141 +1,93 @@
-//! Routing each request the listener receives (SPEC §3, §6).
-//!
-//! The dispatcher thread never does I/O on a request: health and readiness checks, refusals and
-//! 429s go to a small control pool, function calls to the worker pool, so a slow client or a
-//! pipelined connection can only hold up its own request, and health answers while every
-//! worker is busy.
+//! Routing each request (SPEC §3, §6): the one place that decides what a request is (a refusal,
+//! health, readiness, a websocket, a function call) and who answers it. Runs on the thread that
+//! took the request from tiny_http (`workers`); answers that are not calls are written at once,
+//! calls run on that same thread when a worker is free.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use tiny_http::Request;
-
-use crate::exchange::{self, Exchange, Refused};
+use crate::connections::Turn;
+use crate::exchange::{self, Exchange};
 use crate::logging::{self, CallRecord};
 use crate::modes::Outcome;
-use crate::pool::Pool;
-use crate::request::Rejection;
-use crate::server::Watchdog;
+use crate::watchdog::Watchdog;
+use crate::workers::Workers;
 
-const CONTROL_THREADS: usize = 16;
-const CONTROL_QUEUE: usize = 1024;
-/// How long a connection whose framing was broken stays refused (it is closed right away; this
-/// only has to outlive requests tiny_http already parsed from it).
-const POISON_TTL: Duration = Duration::from_secs(30);
-
-/// Queued work is boxed: crossbeam's bounded queues allocate and touch every slot up front, so
-/// a slot the size of an `Exchange` (~500 bytes) made 1024 + 256 slots cost 640 KiB of idle
-/// memory; a pointer costs 20 KiB.
-enum Control {
-    Refuse(Box<Refused>),
-    Health(Box<Exchange>),
-    Ready(Box<Exchange>),
-    /// A function call that found no place: 429.
-    Busy(Box<Exchange>, String),
+/// What became of a request.
+pub(crate) enum Routed {
+    /// Answered: its connection may go on with its next request.
+    Done,
+    /// Someone else answers it and ends its turn (a call waiting for a worker, a websocket).
+    Detached,
 }
 
-pub(crate) struct Dispatcher {
-    wd: Arc<Watchdog>,
-    workers: Arc<Pool<Box<Exchange>>>,
-    control: Arc<Pool<Control>>,
-    poisoned: Mutex<HashMap<SocketAddr, Instant>>,
-    any_poisoned: AtomicBool,
-}
-
-impl Dispatcher {
-    pub(crate) fn new(wd: Arc<Watchdog>) -> Arc<Dispatcher> {
-        let workers = wd.config.workers();
-        let w = Arc::clone(&wd);
-        let worker_pool = Pool::new("worker", workers, workers, move |ex: Box<Exchange>| run_call(&w, *ex));
-        let c = Arc::clone(&wd);
-        let control = Pool::new("control", CONTROL_THREADS, CONTROL_QUEUE, move |job| run_control(&c, job));
-        Arc::new(Dispatcher {
-            wd,
-            workers: worker_pool,
-            control,
-            poisoned: Mutex::new(HashMap::new()),
-            any_poisoned: AtomicBool::new(false),
-        })
+pub(crate) fn route(workers: &Workers, turn: Turn) -> Routed {
+    let wd = &workers.wd;
+    let mut ex = match Exchange::accept(turn, &wd.connections, wd.config.read_timeout) {
+        Ok(ex) => ex,
+        Err(refused) => {
+            exchange::refuse(*refused, &wd.connections);
+            return Routed::Done;
+        }
+    };
+    match ex.info.path.as_slice() {
+        b"/_/health" => {
+            health(wd, ex);
+            return Routed::Done;
+        }
+        b"/_/ready" => {
+            ready(wd, ex);
+            return Routed::Done;
+        }
+        _ => {}
     }
-
-    pub(crate) fn dispatch(&self, req: Request) {
-        let received = Instant::now();
-        if self.is_poisoned(req.remote_addr()) {
-            let rejection = Rejection::BadFraming("request on a connection with broken framing");
-            self.control.submit_wait(Control::Refuse(Box::new(Refused { req, rejection })));
-            return;
-        }
-        let mut ex = match Exchange::accept(req, received) {
-            Ok(ex) => Box::new(ex),
-            Err(refused) => {
-                if refused.rejection.breaks_framing() {
-                    self.poison(refused.req.remote_addr());
-                }
-                self.control.submit_wait(Control::Refuse(refused));
-                return;
-            }
-        };
-        match ex.info.path.as_slice() {
-            b"/_/health" => return self.control.submit_wait(Control::Health(ex)),
-            b"/_/ready" => return self.control.submit_wait(Control::Ready(ex)),
-            _ => {}
-        }
-        let Some(slot) = self.wd.limiter.try_acquire() else {
-            let max = self.wd.limiter.max();
-            ex.count_as_call(None, Arc::clone(&self.wd.metrics));
-            let msg = format!("Concurrent request limit exceeded. Max concurrent requests: {max}\n");
-            return self.control.submit_wait(Control::Busy(ex, msg));
-        };
-        ex.count_as_call(Some(slot), Arc::clone(&self.wd.metrics));
-        if let Err(ex) = self.workers.submit(ex) {
-            let workers = self.wd.config.workers();
+    if ex.info.upgrade.is_some() && wd.handler.relays_upgrades() {
+        return crate::modes::websocket::start(&workers.wd, ex);
+    }
+    let Some(slot) = wd.limiter.try_acquire() else {
+        ex.count_as_call(None, Arc::clone(&wd.metrics));
+        let max = wd.limiter.max();
+        busy(ex, &format!("Concurrent request limit exceeded. Max concurrent requests: {max}\n"));
+        return Routed::Done;
+    };
+    ex.count_as_call(Some(slot), Arc::clone(&wd.metrics));
+    if workers.claim() {
+        run_call(wd, ex);
+        workers.release();
+        return Routed::Done;
+    }
+    match workers.wait_for_worker(Box::new(ex)) {
+        Ok(()) => Routed::Detached,
+        Err(ex) => {
+            let n = wd.config.workers();
             let msg = format!(
-                "Concurrent request limit exceeded: all {workers} workers are busy and {workers} calls are waiting\n"
+                "Concurrent request limit exceeded: all {n} workers are busy and {n} calls are waiting\n"
             );
-            self.control.submit_wait(Control::Busy(ex, msg));
+            busy(*ex, &msg);
+            Routed::Done
         }
-    }
-
-    fn is_poisoned(&self, peer: Option<&SocketAddr>) -> bool {
-        if !self.any_poisoned.load(Ordering::Acquire) {
-            return false;
-        }
-        let Some(peer) = peer else { return false };
-        let poisoned = self.poisoned.lock().unwrap_or_else(PoisonError::into_inner);
-        poisoned.get(peer).is_some_and(|at| at.elapsed() < POISON_TTL)
-    }
-
-    fn poison(&self, peer: Option<&SocketAddr>) {
-        let Some(peer) = peer else { return };
-        let mut poisoned = self.poisoned.lock().unwrap_or_else(PoisonError::into_inner);
-        poisoned.retain(|_, at| at.elapsed() < POISON_TTL);
-        poisoned.insert(*peer, Instant::now());
-        self.any_poisoned.store(true, Ordering::Release);
     }
 }
 
-/// One function call, on a worker thread. A panic anywhere in the mode's handler is caught
-/// here: the request gets a 500 (tiny_http answers a dropped request) and the worker lives on.
-fn run_call(wd: &Watchdog, ex: Exchange) {
-    let record = (ex.info.method.clone(), ex.info.uri.clone(), ex.info.call_id.clone());
+/// One function call. A panic anywhere in the mode's handler is caught here: the request gets
+/// a 500 (tiny_http answers a dropped request) and the thread lives on.
+pub(crate) fn run_call(wd: &Watchdog, ex: Exchange) {
+    let (method, uri, call_id) = (ex.info.method.clone(), ex.info.uri.clone(), ex.info.call_id.clone());
     let (received, quiet) = (ex.info.received, ex.info.kube_probe);
     let outcome = match catch_unwind(AssertUnwindSafe(|| wd.handler.handle(ex, wd))) {
         Ok(outcome) => outcome,
         Err(_) => {
-            wd.metrics.observe(&record.0, 500, received.elapsed());
+            wd.metrics.observe(&method, 500, received.elapsed());
             Outcome { status: 500, bytes: 0 }
         }
     };
     if !quiet {
-        log_call(wd, &record.0, &record.1, record.2.as_deref(), received, outcome);
+        log_call(wd, &method, &uri, call_id.as_deref(), received, outcome);
     }
 }
 
-fn log_call(
+pub(crate) fn log_call(
     wd: &Watchdog,
     method: &str,
     uri: &str,
@@ -150,23 +102,19 @@ fn log_call(
         bytes: outcome.bytes,
         duration: received.elapsed(),
         call_id: wd.config.log_callid.then(|| call_id.unwrap_or("none")),
+        status_text: wd.config.mode == crate::config::Mode::Http,
     });
 }
 
-fn run_control(wd: &Watchdog, job: Control) {
-    match job {
-        Control::Refuse(refused) => exchange::refuse(*refused, wd.port),
-        Control::Health(ex) => health(wd, *ex),
-        Control::Ready(ex) => ready(wd, *ex),
-        Control::Busy(ex, msg) => {
-            let headers = [
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("X-Content-Type-Options", "nosniff"),
-                ("X-OpenFaaS-Internal", "faas-middleware"),
-            ];
-            ex.respond(429, &headers, msg.as_bytes());
-        }
-    }
+/// 429 for a call that found no place (SPEC §6): counted in the metrics as a call, but not
+/// logged, as the reference's limiter answers before its logging handler.
+fn busy(ex: Exchange, msg: &str) {
+    let headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-OpenFaaS-Internal", "faas-middleware"),
+    ];
+    ex.respond(429, &headers, msg.as_bytes());
 }
 
 fn health(wd: &Watchdog, ex: Exchange) {

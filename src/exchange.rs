@@ -1,25 +1,32 @@
-//! One request and its response, over tiny_http, with every trap of ENGINEERING.md handled in
-//! this one place: bodies are read through a fixed buffer by us (trap 1), short bodies are
-//! errors (trap 3), responses are written by us through `into_writer` with our own head and
-//! chunking, flushed per piece (traps 6 and 8), and bytes are counted here (trap 11).
+//! One request and its response, over tiny_http, with every trap of ENGINEERING.md that
+//! concerns a single request handled in this one place: bodies are read through a fixed buffer
+//! by us, within the request's deadline (traps 1, 3); a request answered before its body was
+//! read closes its connection instead of letting tiny_http drain or misparse the rest (traps
+//! 1, 2); responses are written by us with our own head and chunking, flushed per piece (traps
+//! 6, 8), either through tiny_http's writer or, while the body is still being read, straight on
+//! the connection's socket (trap 7, decision D2); bytes are counted here (trap 11).
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use tiny_http::{HTTPVersion, Request};
 
 use crate::clock;
+use crate::connections::{Connections, Turn};
 use crate::limiter::Slot;
 use crate::metrics::Metrics;
 use crate::request::{self, Framing, Head, Rejection, RequestInfo};
+use crate::sockets::Socket;
 
 /// Why reading a request body failed. All are the client's fault.
 #[derive(Debug)]
 pub(crate) enum BodyError {
-    /// `read_timeout` passed, for the whole body or for one read.
+    /// `read_timeout` passed before the whole body arrived.
     Timeout,
-    /// The connection ended before Content-Length bytes arrived.
-    Truncated { read: u64, expected: u64 },
+    /// The connection ended before the body did (`expected`: its Content-Length, if any).
+    Truncated { read: u64, expected: Option<u64> },
     /// The connection failed, or the chunked encoding is invalid.
     Io(io::Error),
 }
@@ -35,8 +42,11 @@ impl BodyError {
     pub(crate) fn message(&self) -> String {
         match self {
             BodyError::Timeout => "request body not received within read_timeout".into(),
-            BodyError::Truncated { read, expected } => {
+            BodyError::Truncated { read, expected: Some(expected) } => {
                 format!("request body ended after {read} of {expected} bytes")
+            }
+            BodyError::Truncated { read, expected: None } => {
+                format!("request body ended after {read} bytes, inside a chunk or before the last one")
             }
             BodyError::Io(e) => format!("reading the request body failed: {e}"),
         }
@@ -49,7 +59,7 @@ impl BodyError {
 /// finds the place still taken or the counter not yet updated.
 struct Completion {
     slot: Option<Slot>,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     method: String,
     received: Instant,
 }
@@ -61,24 +71,40 @@ impl Completion {
     }
 }
 
+/// tiny_http drains an unread Content-Length body into one buffer of its remaining size when the
+/// request is dropped (trap 1). Our read side is shut first, so the drain ends at once, but
+/// its buffer of a huge declared size is mapped for that moment: one at a time (see `alloc`).
+static HUGE_DRAIN: Mutex<()> = Mutex::new(());
+const HUGE_REMAINDER: u64 = 64 << 20;
+
 /// A request being answered.
 pub(crate) struct Exchange {
     req: Request,
     pub(crate) info: RequestInfo,
+    conns: Arc<Connections>,
     body_read: u64,
     body_done: bool,
+    /// When the whole body must have arrived (read_timeout from the request's start).
+    deadline: Option<Instant>,
     completion: Option<Completion>,
 }
 
-/// What `Exchange::accept` hands back for a request that must be refused before any reading.
+/// A request refused before its body is read.
 pub(crate) struct Refused {
     pub(crate) req: Request,
     pub(crate) rejection: Rejection,
 }
 
 impl Exchange {
-    /// Validates a request's head (SPEC §3).
-    pub(crate) fn accept(req: Request, received: Instant) -> Result<Exchange, Box<Refused>> {
+    /// Validates a request's head (SPEC §3). `read_timeout` (zero: none) bounds its body from
+    /// the request's start.
+    pub(crate) fn accept(
+        turn: Turn,
+        conns: &Arc<Connections>,
+        read_timeout: std::time::Duration,
+    ) -> Result<Exchange, Box<Refused>> {
+        let Turn { req, started } = turn;
+        let received = Instant::now();
         let result = {
             let head = Head {
                 method: req.method().as_str(),
@@ -97,7 +123,19 @@ impl Exchange {
         match result {
             Ok(info) => {
                 let body_done = info.framing == Framing::Empty;
-                Ok(Exchange { req, info, body_read: 0, body_done, completion: None })
+                let deadline = (!read_timeout.is_zero()).then(|| started + read_timeout);
+                if !info.preloaded {
+                    conns.reading_body(info.peer, deadline);
+                }
+                Ok(Exchange {
+                    req,
+                    info,
+                    conns: Arc::clone(conns),
+                    body_read: 0,
+                    body_done,
+                    deadline,
+                    completion: None,
+                })
             }
             Err(rejection) => Err(Box::new(Refused { req, rejection })),
         }
@@ -105,7 +143,7 @@ impl Exchange {
 
     /// Makes this exchange a counted function call, holding its in-flight `slot` if admitted
     /// (see `Completion`).
-    pub(crate) fn count_as_call(&mut self, slot: Option<Slot>, metrics: std::sync::Arc<Metrics>) {
+    pub(crate) fn count_as_call(&mut self, slot: Option<Slot>, metrics: Arc<Metrics>) {
         self.completion = Some(Completion {
             slot,
             metrics,
@@ -118,6 +156,17 @@ impl Exchange {
         if let Some(c) = self.completion.take() {
             c.complete(status);
         }
+    }
+
+    /// Counts the call as answered with `status` (a websocket session: 101, when it ends).
+    pub(crate) fn complete_as(&mut self, status: u16) {
+        self.complete(status);
+    }
+
+    /// The rest of the connection after an upgrade request's head, bytes tiny_http already
+    /// buffered first (trap 14): the client's side of a websocket session.
+    pub(crate) fn upgraded_reader(&mut self) -> &mut dyn std::io::Read {
+        self.req.as_reader()
     }
 
     /// The request headers, in order, as sent.
@@ -137,20 +186,31 @@ impl Exchange {
         self.body_read
     }
 
+    pub(crate) fn connections(&self) -> &Arc<Connections> {
+        &self.conns
+    }
+
+    /// Declared body bytes not read yet (0 when unknown or done).
+    fn remaining(&self) -> u64 {
+        match self.info.framing {
+            Framing::Length(n) if !self.body_done => n.saturating_sub(self.body_read),
+            _ => 0,
+        }
+    }
+
     /// Reads the next piece of the body into `buf`; `Ok(0)` once it is complete.
     ///
-    /// `deadline` bounds the whole body; each read is also bounded by the socket's
-    /// `SO_RCVTIMEO` (read_timeout), so a stalled client is noticed within about twice
-    /// read_timeout. A slow but steady trickle is only bounded by the deadline between reads.
-    pub(crate) fn read_body(
-        &mut self,
-        buf: &mut [u8],
-        deadline: Option<Instant>,
-    ) -> Result<usize, BodyError> {
+    /// A body cut short is an error, never an end: for Content-Length by count (trap 3); for
+    /// chunked bodies, tiny_http's decoder reports a connection that ends inside a chunk as a
+    /// clean end, so the end of a chunked body while the client's side of the connection has
+    /// ended too counts as cut short. The sweeper shuts the read side at the deadline, which
+    /// ends a read that waits for a slow client.
+    pub(crate) fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, BodyError> {
         if self.body_done || buf.is_empty() {
             return Ok(0);
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        let late = || self.deadline.is_some_and(|d| Instant::now() >= d);
+        if late() {
             return Err(BodyError::Timeout);
         }
         let expected = match self.info.framing {
@@ -165,22 +225,45 @@ impl Exchange {
             match self.req.as_reader().read(&mut buf[..want]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(_) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
                     return Err(BodyError::Timeout);
                 }
                 Err(e) => return Err(BodyError::Io(e)),
             }
         };
         self.body_read += n as u64;
-        match expected {
-            Some(total) if n == 0 && self.body_read < total => {
-                return Err(BodyError::Truncated { read: self.body_read, expected: total });
+        let truncated = match expected {
+            Some(total) if n == 0 && self.body_read < total => true,
+            Some(total) if self.body_read >= total => {
+                self.body_done = true;
+                false
             }
-            Some(total) if self.body_read >= total => self.body_done = true,
-            _ if n == 0 => self.body_done = true,
-            _ => {}
+            None if n == 0 => !self.chunked_end_is_real(),
+            _ => false,
+        };
+        if truncated {
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(BodyError::Timeout);
+            }
+            return Err(BodyError::Truncated { read: self.body_read, expected });
+        }
+        if n == 0 {
+            self.body_done = true;
+        }
+        if self.body_done && !self.info.preloaded {
+            self.conns.body_read(self.info.peer);
         }
         Ok(n)
+    }
+
+    /// tiny_http's chunked decoder returned end of body: a real last chunk, unless the client's
+    /// side of the connection has ended as well (it died mid-upload, or the deadline shut it).
+    fn chunked_end_is_real(&self) -> bool {
+        match self.info.peer.and_then(|p| self.conns.socket(p)) {
+            Some(socket) => !socket.read_side_ended(),
+            // Without our own view of the connection, trust the decoder.
+            None => true,
+        }
     }
 
     /// Reads and discards the body if that cannot block: it is preloaded by tiny_http, or empty.
@@ -190,37 +273,49 @@ impl Exchange {
         }
         let mut buf = [0u8; 1024];
         while !self.body_done {
-            if self.read_body(&mut buf, None).is_err() {
+            if self.read_body(&mut buf).is_err() {
                 return;
             }
         }
     }
 
-    /// Sends a complete response and returns the body bytes sent.
-    ///
-    /// If the request body has not been read, tiny_http would read and discard the rest of it
-    /// before answering (trap 1), paced by the client; then the answer is written by a
-    /// short-lived thread of its own so no worker waits for a slow or huge upload.
+    /// The request's body will not be read to its end: shut the connection's read side so that
+    /// tiny_http neither waits for nor parses the rest, and close it after this response.
+    /// Returns false if the connection's socket cannot be found.
+    fn stop_reading(&mut self) -> bool {
+        self.conns.stop_reading(self.info.peer)
+    }
+
+    /// Sends a complete response and returns the body bytes sent. A request whose body has not
+    /// been read is answered with `Connection: close`.
     pub(crate) fn respond(mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> u64 {
         self.discard_preloaded();
         self.complete(status);
-        if !self.body_done {
-            return abandon(self.req, status, headers, body);
+        let close = !self.body_done;
+        if close && !self.stop_reading() {
+            return answer_on_the_side(self.req, status, headers, body);
         }
-        let send_body = has_body(&self.info, status);
-        let mut out = head(&self.info, status, headers, Some(body.len() as u64));
+        let proto = Proto::of(&self.info);
+        let send_body = proto.has_body(status);
+        let mut out = head(proto, status, headers, Some(body.len() as u64), close);
         if send_body {
             out.extend_from_slice(body);
         }
-        let mut w = self.req.into_writer();
+        let remaining = self.remaining();
+        let mut w = into_writer(self.req, remaining, &self.conns, self.info.peer);
         match w.write_all(&out).and_then(|()| w.flush()) {
             Ok(()) if send_body => body.len() as u64,
-            _ => 0,
+            Ok(()) => 0,
+            Err(_) => {
+                drop(w);
+                self.conns.abort(self.info.peer);
+                0
+            }
         }
     }
 
-    /// Starts a streamed response. The body must have been read completely (tiny_http cannot
-    /// write a response while the request body is still being read, trap 7).
+    /// Starts a streamed response through tiny_http's writer. The body must have been read
+    /// completely (the writer cannot be taken while it is read, trap 7; see `direct`).
     ///
     /// `length`: the body's exact size when known; otherwise the body is chunked (HTTP/1.1) or
     /// delimited by closing the connection (HTTP/1.0 without keep-alive). For an HTTP/1.0
@@ -232,25 +327,51 @@ impl Exchange {
         length: Option<u64>,
     ) -> ResponseStream {
         debug_assert!(self.body_done, "stream() before the request body was read");
-        let framing = if !has_body(&self.info, status) {
-            Out::Nothing
-        } else if let Some(n) = length {
-            Out::Length(n)
-        } else if self.info.http10 {
-            Out::Raw
-        } else {
-            Out::Chunked
-        };
-        let head = head(&self.info, status, headers, length);
+        let (framing, head) = self.framed_head(status, headers, length);
         let completion = self.completion.take().map(|c| (c, status));
-        ResponseStream {
-            w: self.req.into_writer(),
+        let (conns, peer) = (Arc::clone(&self.conns), self.info.peer);
+        ResponseStream::new(
+            Sink::Tiny(into_writer(self.req, 0, &conns, peer)),
             framing,
-            pending_head: Some(head),
-            sent: 0,
-            scratch: Vec::new(),
+            head,
             completion,
+            conns,
+            peer,
+        )
+    }
+
+    /// The response will go straight on the connection's socket, while the request body may
+    /// still be read (full duplex, decision D2). Safe because a connection's requests are
+    /// answered one at a time (`connections`): no earlier response on it is unfinished. Sends
+    /// `100 Continue` first if the client asked for it (tiny_http sends it when the body is
+    /// first read; nothing of ours may come before it). HTTP/1.1 clients only. When the
+    /// response is done, `release` hands the request back to tiny_http with nothing more
+    /// written through it.
+    pub(crate) fn direct(&mut self, socket: Arc<Socket>) -> Direct {
+        debug_assert!(!self.info.http10, "direct() needs an HTTP/1.1 client");
+        let _ = self.req.as_reader();
+        Direct {
+            socket,
+            proto: Proto::of(&self.info),
+            completion: self.completion.take(),
+            conns: Arc::clone(&self.conns),
+            peer: self.info.peer,
         }
+    }
+
+    /// After `direct`: the request goes back to tiny_http answered, with nothing written
+    /// through it. A body not read to its end closes the connection.
+    pub(crate) fn release(mut self) {
+        if !self.body_done {
+            self.stop_reading();
+        }
+        let remaining = self.remaining();
+        drop(into_writer(self.req, remaining, &self.conns, self.info.peer));
+    }
+
+    fn framed_head(&self, status: u16, headers: &[(&str, &str)], length: Option<u64>) -> (Out, Vec<u8>) {
+        let proto = Proto::of(&self.info);
+        (proto.framing(status, length), head(proto, status, headers, length, false))
     }
 
     /// HTTP/1.0 keep-alive cannot carry a body of unknown length.
@@ -259,69 +380,133 @@ impl Exchange {
     }
 }
 
-/// Refuses a request whose head failed the checks of `request::inspect`.
-pub(crate) fn refuse(refused: Refused, port: u16) {
-    let Refused { req, rejection } = refused;
-    let peer = req.remote_addr().copied();
-    if let Rejection::AbsurdLength(n) = rejection {
-        // Any answer makes tiny_http drain the body into one allocation of its declared size
-        // (trap 1), which no process survives at this size. Close the connection and leave the
-        // request alone: this costs one parked tiny_http thread per such request, not the process.
-        log::warn!("closing a connection that announced a {n}-byte body");
-        if let Some(peer) = peer {
-            crate::sockets::shutdown_connection(port, peer, libc::SHUT_RDWR);
+/// The request's writer; dropping the request on the way drains its unread body (trap 1),
+/// which ends at once because the read side was shut. A declared length beyond `isize::MAX`
+/// makes that drain panic ("capacity overflow") before anything is written: then the answer is
+/// lost and the connection is closed.
+fn into_writer(
+    req: Request,
+    remaining: u64,
+    conns: &Connections,
+    peer: Option<SocketAddr>,
+) -> Box<dyn Write + Send> {
+    let take = move || {
+        if remaining >= HUGE_REMAINDER {
+            let _one = HUGE_DRAIN.lock().unwrap_or_else(PoisonError::into_inner);
+            req.into_writer()
+        } else {
+            req.into_writer()
         }
-        std::mem::forget(req);
-        return;
-    }
-    if rejection.breaks_framing()
-        && let Some(peer) = peer
-    {
-        // tiny_http would otherwise parse the body as the next request (trap 2).
-        crate::sockets::shutdown_connection(port, peer, libc::SHUT_RD);
-    }
-    let body = rejection.message();
-    let preloaded = req.body_length().is_none_or(|n| n as u64 <= request::PRELOAD_LIMIT);
-    if preloaded || rejection.breaks_framing() {
-        let _ = req.respond(tiny_response(rejection.status(), &[("Connection", "close")], body.as_bytes()));
-    } else {
-        abandon(req, rejection.status(), &[], body.as_bytes());
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(take)) {
+        Ok(w) => w,
+        Err(_) => {
+            conns.abort(peer);
+            Box::new(io::sink())
+        }
     }
 }
 
-/// Answers through tiny_http's own `respond`, which writes the response first and then drains
-/// the unread body, on a thread of its own (the drain is paced by the client).
-fn abandon(req: Request, status: u16, headers: &[(&str, &str)], body: &[u8]) -> u64 {
-    let response = tiny_response(status, headers, body);
+/// A response to be written on the connection's socket (see `Exchange::direct`).
+pub(crate) struct Direct {
+    socket: Arc<Socket>,
+    proto: Proto,
+    completion: Option<Completion>,
+    conns: Arc<Connections>,
+    peer: Option<SocketAddr>,
+}
+
+impl Direct {
+    /// Starts a streamed (chunked) response.
+    pub(crate) fn stream(self, status: u16, headers: &[(&str, &str)]) -> ResponseStream {
+        let framing = self.proto.framing(status, None);
+        let head = head(self.proto, status, headers, None, false);
+        let completion = self.completion.map(|c| (c, status));
+        ResponseStream::new(Sink::Socket(self.socket), framing, head, completion, self.conns, self.peer)
+    }
+
+    /// A complete response; `close`: the connection ends after it (its request body was not
+    /// read to the end). Returns the body bytes sent.
+    pub(crate) fn respond(mut self, status: u16, headers: &[(&str, &str)], body: &[u8], close: bool) -> u64 {
+        if let Some(c) = self.completion.take() {
+            c.complete(status);
+        }
+        let send_body = self.proto.has_body(status);
+        let mut out = head(self.proto, status, headers, Some(body.len() as u64), close);
+        if send_body {
+            out.extend_from_slice(body);
+        }
+        match self.socket.send_all(&out) {
+            Ok(()) if send_body => body.len() as u64,
+            Ok(()) => 0,
+            Err(_) => {
+                self.conns.abort(self.peer);
+                0
+            }
+        }
+    }
+}
+
+/// Refuses a request whose head failed the checks of `request::inspect`. The connection is
+/// closed after the answer (as Go does after a 4xx from its parser); when the body's extent is
+/// unknown (broken framing), tiny_http would otherwise parse it as the next request (trap 2).
+pub(crate) fn refuse(refused: Refused, conns: &Connections) {
+    let Refused { req, rejection } = refused;
+    let peer = req.remote_addr().copied();
+    if let Rejection::AbsurdLength(n) = rejection {
+        log::warn!(
+            "{}: refusing a request that announced a {n}-byte body",
+            peer.map(|p| p.to_string()).unwrap_or_default()
+        );
+    }
+    let preloaded = rejection != Rejection::HeadersTooLarge
+        && !rejection.breaks_framing()
+        && req.body_length().is_none_or(|n| n as u64 <= request::PRELOAD_LIMIT);
+    let remaining = if preloaded { 0 } else { req.body_length().map_or(0, |n| n as u64) };
+    let body = rejection.message();
+    // Nothing more is read from this connection, whatever the client sends next.
+    if !conns.stop_reading(peer) && !preloaded {
+        answer_on_the_side(req, rejection.status(), &[], body.as_bytes());
+        return;
+    }
+    let out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nDate: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        rejection.status(),
+        reason(rejection.status()),
+        clock::http_date_now(),
+        body.len()
+    );
+    let mut w = into_writer(req, remaining, conns, peer);
+    let _ = w.write_all(out.as_bytes()).and_then(|()| w.flush());
+}
+
+/// Without our own view of the connection (no /proc), a request whose body is unread is
+/// answered through tiny_http's `respond`, which writes the answer and then drains the body,
+/// paced by the client: on a thread of its own, so no worker waits for it.
+fn answer_on_the_side(req: Request, status: u16, headers: &[(&str, &str)], body: &[u8]) -> u64 {
+    let mut response = tiny_http::Response::from_data(body.to_vec()).with_status_code(status);
+    // Our own Server header keeps tiny_http from adding "tiny-http (Rust)" (trap 8).
+    let ours =
+        [("Server", "fwatchdog"), ("Content-Type", "text/plain; charset=utf-8"), ("Connection", "close")];
+    for (name, value) in ours.iter().chain(headers) {
+        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(h);
+        }
+    }
     let len = body.len() as u64;
     let spawned = std::thread::Builder::new().name("fw-drain".into()).spawn(move || {
-        let _ = req.respond(response);
+        let remaining = req.body_length().unwrap_or(0) as u64;
+        if remaining >= HUGE_REMAINDER {
+            let _one = HUGE_DRAIN.lock().unwrap_or_else(PoisonError::into_inner);
+            let _ = req.respond(response);
+        } else {
+            let _ = req.respond(response);
+        }
     });
     if let Err(e) = spawned {
         log::error!("cannot start a thread to finish a request: {e}");
     }
     len
-}
-
-fn tiny_response(
-    status: u16,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> tiny_http::Response<io::Cursor<Vec<u8>>> {
-    let mut response = tiny_http::Response::from_data(body.to_vec()).with_status_code(status);
-    // Our own Server header keeps tiny_http from adding "tiny-http (Rust)" (trap 8).
-    let server = [("Server", "fwatchdog"), ("Content-Type", "text/plain; charset=utf-8")];
-    for (name, value) in server.iter().chain(headers) {
-        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(h);
-        }
-    }
-    response
-}
-
-/// 1xx, 204 and 304 responses and answers to HEAD carry no body.
-fn has_body(info: &RequestInfo, status: u16) -> bool {
-    !(info.is_head() || status < 200 || status == 204 || status == 304)
 }
 
 pub(crate) fn reason(status: u16) -> &'static str {
@@ -372,8 +557,40 @@ fn is_framing_header(name: &str) -> bool {
         .any(|h| h.eq_ignore_ascii_case(name))
 }
 
-/// The status line and headers, with framing chosen for `length` (None: streamed).
-fn head(info: &RequestInfo, status: u16, headers: &[(&str, &str)], length: Option<u64>) -> Vec<u8> {
+/// What of a request decides how its response is framed.
+#[derive(Debug, Clone, Copy)]
+struct Proto {
+    http10: bool,
+    keep_alive: bool,
+    head_request: bool,
+}
+
+impl Proto {
+    fn of(info: &RequestInfo) -> Proto {
+        Proto { http10: info.http10, keep_alive: info.keep_alive, head_request: info.is_head() }
+    }
+
+    /// 1xx, 204 and 304 responses and answers to HEAD carry no body.
+    fn has_body(self, status: u16) -> bool {
+        !(self.head_request || status < 200 || status == 204 || status == 304)
+    }
+
+    fn framing(self, status: u16, length: Option<u64>) -> Out {
+        if !self.has_body(status) {
+            Out::Nothing
+        } else if let Some(n) = length {
+            Out::Length(n)
+        } else if self.http10 {
+            Out::Raw
+        } else {
+            Out::Chunked
+        }
+    }
+}
+
+/// The status line and headers, with framing chosen for `length` (None: streamed). `close`:
+/// the connection ends after this response.
+fn head(info: Proto, status: u16, headers: &[(&str, &str)], length: Option<u64>, close: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     let version = if info.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
     let _ = write!(out, "{version} {status} {}\r\n", reason(status));
@@ -391,7 +608,7 @@ fn head(info: &RequestInfo, status: u16, headers: &[(&str, &str)], length: Optio
             None => {}
         }
     }
-    let close = !info.keep_alive || (info.http10 && length.is_none() && !bodiless_status);
+    let close = close || !info.keep_alive || (info.http10 && length.is_none() && !bodiless_status);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     } else if info.http10 {
@@ -411,26 +628,81 @@ enum Out {
     Nothing,
 }
 
+/// Where a streamed response goes.
+enum Sink {
+    /// tiny_http's writer for the request (the request is already consumed).
+    Tiny(Box<dyn Write + Send>),
+    /// The connection's socket, while tiny_http still holds the request (full duplex).
+    Socket(Arc<Socket>),
+}
+
+impl Sink {
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Tiny(w) => w.write_all(data).and_then(|()| w.flush()),
+            Sink::Socket(s) => s.send_all(data),
+        }
+    }
+}
+
 /// A response whose body is written piece by piece, each piece flushed to the client.
 pub(crate) struct ResponseStream {
-    w: Box<dyn Write + Send>,
+    sink: Sink,
     framing: Out,
     /// Sent together with the first piece of body, so a small response is one packet.
     pending_head: Option<Vec<u8>>,
     sent: u64,
     scratch: Vec<u8>,
     completion: Option<(Completion, u16)>,
+    conns: Arc<Connections>,
+    peer: Option<SocketAddr>,
 }
 
 impl ResponseStream {
+    fn new(
+        sink: Sink,
+        framing: Out,
+        head: Vec<u8>,
+        completion: Option<(Completion, u16)>,
+        conns: Arc<Connections>,
+        peer: Option<SocketAddr>,
+    ) -> ResponseStream {
+        ResponseStream {
+            sink,
+            framing,
+            pending_head: Some(head),
+            sent: 0,
+            scratch: Vec::new(),
+            completion,
+            conns,
+            peer,
+        }
+    }
+
     /// Body bytes written so far.
     pub(crate) fn sent(&self) -> u64 {
         self.sent
     }
 
+    /// Writes one piece of body (with the head, the first time). A failed write means the
+    /// client is gone or too slow: its connection is shut down.
     pub(crate) fn write(&mut self, data: &[u8]) -> io::Result<()> {
         if data.is_empty() && self.pending_head.is_none() {
             return Ok(());
+        }
+        if let Sink::Socket(socket) = &self.sink
+            && self.framing == Out::Chunked
+            && !data.is_empty()
+        {
+            // Straight from the caller's buffer: no copy to frame the chunk.
+            let head = self.pending_head.take().unwrap_or_default();
+            let size = format!("{:x}\r\n", data.len());
+            self.sent += data.len() as u64;
+            let result = socket.send_parts(&[&head, size.as_bytes(), data, b"\r\n"]);
+            if result.is_err() {
+                self.conns.abort(self.peer);
+            }
+            return result;
         }
         self.scratch.clear();
         if let Some(head) = self.pending_head.take() {
@@ -449,8 +721,11 @@ impl ResponseStream {
         if self.framing != Out::Nothing {
             self.sent += data.len() as u64;
         }
-        self.w.write_all(&self.scratch)?;
-        self.w.flush()
+        let result = self.sink.write_all(&self.scratch);
+        if result.is_err() {
+            self.conns.abort(self.peer);
+        }
+        result
     }
 
     /// Ends the body (the last chunk) and flushes. Returns the body bytes sent.
@@ -460,10 +735,24 @@ impl ResponseStream {
         }
         self.write(&[])?;
         if self.framing == Out::Chunked {
-            self.w.write_all(b"0\r\n\r\n")?;
+            let result = self.sink.write_all(b"0\r\n\r\n");
+            if result.is_err() {
+                self.conns.abort(self.peer);
+            }
+            result?;
         }
-        self.w.flush()?;
         Ok(self.sent)
+    }
+
+    /// Ends the response as broken: the connection is closed without the last chunk (or before
+    /// the declared length), so the client cannot take what it got as complete. Returns the body
+    /// bytes sent.
+    pub(crate) fn abort(mut self, status: u16) -> u64 {
+        if let Some((c, _)) = self.completion.take() {
+            c.complete(status);
+        }
+        self.conns.abort(self.peer);
+        self.sent
     }
 }
 

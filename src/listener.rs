@@ -1,15 +1,15 @@
 //! Accepting connections with tiny_http, for as long as the process lives.
 //!
-//! `read_timeout` must bound slow clients, and the only way to give tiny_http's sockets a
-//! receive timeout is `SO_RCVTIMEO` on the listening socket, which accepted sockets inherit.
-//! That option also times out `accept()`, and tiny_http's accept thread ends on any accept
-//! error for good (ENGINEERING.md traps 4 and 5). So the listener runs in *generations*: each
-//! is a `tiny_http::Server` on a clone of the one listening socket, with a dispatcher thread
-//! that hands its requests on. When a generation's accept thread ends (idle timeout, EMFILE, a
-//! panic inside tiny_http) the supervisor starts the next generation at once; the old one keeps
-//! serving the connections it accepted and is retired, its dispatcher stopped, when the last of
-//! them has closed. Which connections those are is read from our own descriptors: the sockets
-//! that appeared while the generation was the one accepting.
+//! tiny_http's accept thread ends for good on any accept error, EMFILE included, or when it
+//! panics (a failed `try_clone` when descriptors run out), and the server then silently stops
+//! accepting (ENGINEERING.md trap 5). So the listener runs in *generations*: each is a
+//! `tiny_http::Server` on a clone of the one listening socket, with its own receiving threads
+//! (`workers::Receivers`). When a generation's accept thread ends, the supervisor starts the
+//! next generation (backing off if that repeats at once); the old one keeps serving the
+//! connections it accepted and is retired, its threads stopped, when the last of them has
+//! closed. Which connections those are is read from our own descriptors: the sockets that
+//! appeared while the generation was the one accepting. Read deadlines are not the listener's
+//! business (`connections` keeps them), so an idle listener never times out.
 
 use std::collections::HashSet;
 use std::io;
@@ -19,9 +19,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
-use tiny_http::{Request, Server};
+use tiny_http::Server;
 
 use crate::sockets;
+use crate::workers::{Receivers, Workers};
 
 /// Generation id meaning "whichever generation is accepting now" (a panic in tiny_http's
 /// accept thread does not say which server it belonged to, but only one accept thread runs).
@@ -33,12 +34,9 @@ enum Event {
 
 static EVENTS: OnceLock<Sender<Event>> = OnceLock::new();
 
-pub(crate) type Dispatch = Arc<dyn Fn(Request) + Send + Sync>;
-
 struct Generation {
     id: u64,
-    server: Arc<Server>,
-    retiring: Arc<AtomicBool>,
+    receivers: Arc<Receivers>,
     started: Instant,
     /// Connections that existed when this generation started (accepted by older ones).
     before: Option<HashSet<u64>>,
@@ -48,8 +46,7 @@ struct Generation {
 
 impl Generation {
     fn retire(&self) {
-        self.retiring.store(true, Ordering::Release);
-        self.server.unblock();
+        self.receivers.retire();
     }
 }
 
@@ -60,18 +57,18 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    /// Starts accepting on `listener` and hands every request to `dispatch`.
-    pub(crate) fn start(listener: TcpListener, port: u16, dispatch: Dispatch) -> io::Result<Acceptor> {
+    /// Starts accepting on `listener`; `workers` answer the requests.
+    pub(crate) fn start(listener: TcpListener, port: u16, workers: Arc<Workers>) -> io::Result<Acceptor> {
         let (tx, rx) = unbounded();
         let _ = EVENTS.set(tx.clone());
         let stopping = Arc::new(AtomicBool::new(false));
         // Nothing can have been accepted before the first generation.
-        let first = spawn_generation(&listener, 1, Some(HashSet::new()), &tx, &dispatch)?;
+        let first = spawn_generation(&listener, 1, Some(HashSet::new()), &tx, &workers)?;
         let source = listener.try_clone()?;
         let stop = Arc::clone(&stopping);
         std::thread::Builder::new()
             .name("fw-listener".into())
-            .spawn(move || supervise(source, port, first, rx, tx, dispatch, stop))?;
+            .spawn(move || supervise(source, port, first, rx, tx, workers, stop))?;
         Ok(Acceptor { listener, stopping })
     }
 
@@ -87,42 +84,17 @@ fn spawn_generation(
     id: u64,
     before: Option<HashSet<u64>>,
     events: &Sender<Event>,
-    dispatch: &Dispatch,
+    workers: &Arc<Workers>,
 ) -> io::Result<Generation> {
     let server = Server::from_listener(listener.try_clone()?, None)
         .map_err(|e| io::Error::other(format!("cannot start the HTTP server: {e}")))?;
-    let server = Arc::new(server);
-    let retiring = Arc::new(AtomicBool::new(false));
-    let (srv, stop, tx, handle) =
-        (Arc::clone(&server), Arc::clone(&retiring), events.clone(), Arc::clone(dispatch));
-    std::thread::Builder::new()
-        .name("fw-dispatch".into())
-        .spawn(move || dispatch_loop(id, &srv, &stop, &tx, &handle))?;
-    Ok(Generation { id, server, retiring, started: Instant::now(), before, accepted: None })
-}
-
-fn dispatch_loop(
-    id: u64,
-    server: &Server,
-    retiring: &AtomicBool,
-    events: &Sender<Event>,
-    dispatch: &Dispatch,
-) {
-    let mut accept_ended = false;
-    loop {
-        match server.recv() {
-            Ok(request) => dispatch(request),
-            Err(error) => {
-                if retiring.load(Ordering::Acquire) {
-                    return;
-                }
-                if !accept_ended {
-                    accept_ended = true;
-                    let _ = events.send(Event::AcceptEnded { generation: id, error });
-                }
-            }
-        }
-    }
+    let tx = events.clone();
+    let report = Box::new(move |error: io::Error| {
+        let _ = tx.send(Event::AcceptEnded { generation: id, error });
+    });
+    let receivers =
+        Receivers::start(Arc::new(server), Arc::clone(workers), Receivers::default_spare(), report)?;
+    Ok(Generation { id, receivers, started: Instant::now(), before, accepted: None })
 }
 
 fn supervise(
@@ -131,7 +103,7 @@ fn supervise(
     first: Generation,
     events: Receiver<Event>,
     events_tx: Sender<Event>,
-    dispatch: Dispatch,
+    workers: Arc<Workers>,
     stopping: Arc<AtomicBool>,
 ) {
     let mut current = Some(first);
@@ -156,16 +128,14 @@ fn supervise(
                 if stopping.load(Ordering::Acquire) {
                     continue;
                 }
-                if error.kind() != io::ErrorKind::WouldBlock {
-                    log::error!("accepting connections failed: {error}; restarting the listener");
-                }
+                log::error!("accepting connections failed: {error}; restarting the listener");
                 // An accept error that repeats at once (EMFILE) must not become a busy loop.
                 quick_failures = if lived < Duration::from_millis(500) { quick_failures + 1 } else { 0 };
                 if quick_failures > 0 {
                     std::thread::sleep(Duration::from_millis(20u64 << quick_failures.min(6)));
                 }
                 loop {
-                    match spawn_generation(&listener, next_id, now.clone(), &events_tx, &dispatch) {
+                    match spawn_generation(&listener, next_id, now.clone(), &events_tx, &workers) {
                         Ok(g) => {
                             current = Some(g);
                             next_id += 1;

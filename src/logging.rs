@@ -91,15 +91,20 @@ pub(crate) struct CallRecord<'a> {
     pub(crate) bytes: u64,
     pub(crate) duration: Duration,
     pub(crate) call_id: Option<&'a str>,
+    /// Write the status with its text (`200 OK`), as the reference does in http mode.
+    pub(crate) status_text: bool,
 }
 
-/// The one line per function call: `POST /path - 200 - ContentLength: 13B (0.0049s)`.
+/// The one line per function call: `POST /path - 200 - ContentLength: 13B (0.0049s)` (http
+/// mode: `- 200 OK -`). The size is the body bytes sent, where the reference writes the
+/// upstream's declared length (`-1B` when it streams).
 pub(crate) fn request_line(rec: &CallRecord<'_>) {
+    let reason = if rec.status_text { crate::exchange::reason(rec.status) } else { "" };
+    let status = if reason.is_empty() { rec.status.to_string() } else { format!("{} {reason}", rec.status) };
     let mut msg = format!(
-        "{} {} - {} - ContentLength: {} ({:.4}s)",
+        "{} {} - {status} - ContentLength: {} ({:.4}s)",
         rec.method,
         rec.uri,
-        rec.status,
         human_size(rec.bytes as f64),
         rec.duration.as_secs_f64()
     );

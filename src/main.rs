@@ -7,11 +7,15 @@
 //! contract with the orchestrator: health and readiness endpoints, a lock file, a concurrency
 //! limit, timeouts, a graceful drain on SIGTERM, and Prometheus metrics.
 //!
-//! The design is synchronous. A tiny_http listener (`listener`) hands requests to a
-//! dispatcher (`dispatch`) that answers health checks and refusals on a small control pool and
-//! queues function calls, over a bounded crossbeam channel, to a fixed-size pool of worker
-//! threads (`pool`). Each mode lives in one file under `modes/`. Every workaround for a quirk of
-//! tiny_http lives in `exchange` (bodies and responses) or `listener` (accepting).
+//! The design is synchronous. tiny_http (`listener`) parses requests; a pool of worker threads
+//! (`workers`) takes them from its queue directly and routes each (`dispatch`): health checks,
+//! readiness and refusals are answered at once, function calls run on the same thread, up to
+//! a fixed number at a time. Beside tiny_http, the watchdog keeps its own view of every
+//! accepted connection (`connections`, `sockets`): one request at a time per connection, and
+//! the read and write deadlines tiny_http lacks. Each mode lives in one file under `modes/`.
+//! Every workaround for a quirk of tiny_http lives in `exchange` (one request and its
+//! response), `connections` (what spans requests) or `listener` (accepting). The state all of
+//! them share is in `watchdog`.
 
 mod alloc;
 mod cgi;
@@ -19,6 +23,7 @@ mod child_io;
 mod cli;
 mod clock;
 mod config;
+mod connections;
 mod dispatch;
 mod duration;
 mod exchange;
@@ -29,19 +34,21 @@ mod listener;
 mod logging;
 mod metrics;
 mod modes;
-mod pool;
 mod process;
 mod request;
 mod server;
 mod sockets;
 mod spool;
 mod upstream;
+mod watchdog;
 mod words;
+mod workers;
 
 #[global_allocator]
 static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 fn main() {
+    alloc::tune_malloc();
     let code = match cli::parse(std::env::args().skip(1)) {
         cli::Command::Version => {
             println!("{}", cli::version_line());

@@ -19,6 +19,7 @@ pub(crate) struct ProcessGroup {
     pgid: i32,
     reaped: Mutex<bool>,
     timed_out: AtomicBool,
+    killed: AtomicBool,
 }
 
 impl ProcessGroup {
@@ -26,6 +27,7 @@ impl ProcessGroup {
     pub(crate) fn kill(&self) {
         let reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
         if !*reaped {
+            self.killed.store(true, Ordering::Release);
             // SAFETY: kill has no memory effects; a negative pid names the group.
             unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
         }
@@ -47,6 +49,11 @@ impl ProcessGroup {
     /// The call's deadline passed and the group was killed for it.
     pub(crate) fn timed_out(&self) -> bool {
         self.timed_out.load(Ordering::Acquire)
+    }
+
+    /// The watchdog sent the group SIGKILL while its leader was running.
+    pub(crate) fn killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
     }
 }
 
@@ -112,6 +119,7 @@ impl Children {
             pgid: child.id() as i32,
             reaped: Mutex::new(false),
             timed_out: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
         });
         self.lock_live().insert(child.id(), Arc::clone(&group));
         Ok(Function {

@@ -46,6 +46,8 @@ pub(crate) struct RequestInfo {
     pub(crate) x_timeout: Option<Duration>,
     /// `User-Agent: kube-probe/...`: no request log line.
     pub(crate) kube_probe: bool,
+    /// `Connection: upgrade` with `Upgrade: <protocol>`: the protocol asked for.
+    pub(crate) upgrade: Option<String>,
     pub(crate) received: Instant,
     pub(crate) peer: Option<SocketAddr>,
 }
@@ -165,8 +167,8 @@ pub(crate) fn inspect(head: &Head<'_>, received: Instant) -> Result<RequestInfo,
         return Err(Rejection::UnsupportedEncoding);
     }
     let framing = if upgrade {
-        // tiny_http hands the raw connection out as the "body" of an upgrade request; it is
-        // never read (websockets are not supported, SPEC §5).
+        // tiny_http hands the rest of the connection out as the "body" of an upgrade request
+        // (trap 14): only a websocket relay reads it, as the client's side of the session.
         Framing::Empty
     } else if !encodings.is_empty() {
         Framing::Chunked
@@ -212,6 +214,11 @@ pub(crate) fn inspect(head: &Head<'_>, received: Instant) -> Result<RequestInfo,
         call_id: first("X-Call-Id").map(str::to_string),
         x_timeout,
         kube_probe: first("User-Agent").is_some_and(|ua| ua.starts_with("kube-probe")),
+        upgrade: if upgrade {
+            first("Upgrade").map(|p| p.trim().to_string()).filter(|p| !p.is_empty())
+        } else {
+            None
+        },
         received,
         peer: head.peer,
     })

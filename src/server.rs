@@ -11,45 +11,18 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::config::Config;
-use crate::dispatch::Dispatcher;
+use crate::connections::Connections;
 use crate::duration::format_go;
 use crate::lifecycle::{Lifecycle, Signals, signal_name};
 use crate::limiter::Limiter;
 use crate::listener::Acceptor;
 use crate::metrics::{self, Metrics};
-use crate::modes::{self, Handler};
+use crate::modes;
 use crate::process::{self, Children, Deadlines};
-use crate::sockets::{self, SocketOptions};
+use crate::sockets;
+use crate::watchdog::{Event, Watchdog};
+use crate::workers::Workers;
 
-/// The state every part of a running watchdog shares, read-only but for its atomics.
-pub(crate) struct Watchdog {
-    pub(crate) config: Config,
-    pub(crate) lifecycle: Lifecycle,
-    pub(crate) limiter: Arc<Limiter>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) children: Arc<Children>,
-    pub(crate) deadlines: Arc<Deadlines>,
-    /// The port actually listened on (`port=0` picks a free one).
-    pub(crate) port: u16,
-    pub(crate) handler: Box<dyn Handler>,
-    events: Sender<Event>,
-}
-
-impl Watchdog {
-    /// Ends the process soon with a non-zero status (http mode: the upstream died).
-    pub(crate) fn fail(&self, why: String) {
-        let _ = self.events.send(Event::Fatal(why));
-    }
-}
-
-enum Event {
-    Signal(i32),
-    Fatal(String),
-}
-
-/// `SO_RCVTIMEO` below this would make tiny_http's accept thread time out (and be replaced)
-/// many times a second while idle.
-const MIN_SOCKET_READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// Shortest time between two orphan sweeps as PID 1.
 const ORPHAN_SWEEP: Duration = Duration::from_millis(100);
 /// How often the drain looks at the in-flight count.
@@ -66,15 +39,10 @@ pub(crate) fn run(config: Config) -> i32 {
         }
     };
     process::raise_nofile_limit();
+    crate::alloc::size_window();
     crate::listener::install_panic_hook();
 
-    let read_timeout = if config.read_timeout.is_zero() {
-        Duration::ZERO
-    } else {
-        config.read_timeout.max(MIN_SOCKET_READ_TIMEOUT)
-    };
-    let opts = SocketOptions { read_timeout, write_timeout: config.write_timeout };
-    let listener = match sockets::listen(config.port, &opts) {
+    let listener = match sockets::listen(config.port, config.write_timeout) {
         Ok(l) => l,
         Err(e) => {
             log::error!("cannot listen on port {}: {e}", config.port);
@@ -99,6 +67,14 @@ pub(crate) fn run(config: Config) -> i32 {
             return 1;
         }
     };
+    let connections = match Connections::new(port, config.read_timeout, config.write_timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("cannot set up the connection sweeper: {e}");
+            return 1;
+        }
+    };
+    crate::alloc::set_alarm(connections.alarm_fd());
     let limiter = Limiter::new(config.max_inflight);
     let metrics = Arc::new(Metrics::new(Arc::clone(&limiter)));
     let children = Arc::new(Children::new(pid1));
@@ -111,7 +87,7 @@ pub(crate) fn run(config: Config) -> i32 {
         metrics: Arc::clone(&metrics),
         children: Arc::clone(&children),
         deadlines,
-        port,
+        connections: Arc::clone(&connections),
         handler,
         events: events_tx.clone(),
     });
@@ -122,8 +98,12 @@ pub(crate) fn run(config: Config) -> i32 {
     }
 
     metrics::serve(metrics_port, metrics);
-    let dispatcher = Dispatcher::new(Arc::clone(&wd));
-    let acceptor = match Acceptor::start(listener, port, Arc::new(move |req| dispatcher.dispatch(req))) {
+    if let Err(e) = connections.start_sweeper() {
+        log::error!("cannot start the connection sweeper: {e}");
+        return 1;
+    }
+    let workers = Workers::new(Arc::clone(&wd));
+    let acceptor = match Acceptor::start(listener, port, workers) {
         Ok(a) => a,
         Err(e) => {
             log::error!("{e}");
@@ -221,6 +201,8 @@ fn shutdown(wd: &Watchdog, acceptor: &Acceptor, events: &Receiver<Event>, signal
             return fatal(wd, &why);
         }
     }
+    // Websocket sessions held their places through the drain; now they end.
+    wd.connections.close_upgraded();
     wd.handler.shutdown(wd);
     log::info!("Exiting. Active connections: {}", wd.limiter.in_flight());
     wd.children.kill_all();

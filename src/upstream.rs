@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, bounded};
 use crate::config::{Config, UpstreamUrl};
 use crate::logging::{FunctionLog, Stream};
 use crate::process::{ProcessGroup, describe_exit};
-use crate::server::Watchdog;
+use crate::watchdog::Watchdog;
 
 /// How long the upstream may take to accept connections before the watchdog gives up.
 const READY_LIMIT: Duration = Duration::from_secs(120);

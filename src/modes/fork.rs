@@ -12,7 +12,7 @@ use crate::duration::format_go;
 use crate::exchange::Exchange;
 use crate::logging::{FunctionLog, Stream};
 use crate::process::{DeadlineGuard, Function, describe_exit};
-use crate::server::Watchdog;
+use crate::watchdog::Watchdog;
 
 use super::{Limits, Outcome, text};
 
@@ -25,6 +25,9 @@ pub(super) struct Call {
     /// When the response must have started (write_timeout), if that comes before `limit` ends
     /// the call anyway.
     pub(super) respond_by: Option<Instant>,
+    /// When `limit` ends the call: its group is killed then, and the call stops waiting for
+    /// output even if a descendant that left the group still holds stdout open.
+    pub(super) ends_at: Option<Instant>,
     _deadline: Option<DeadlineGuard>,
 }
 
@@ -32,6 +35,8 @@ pub(super) struct Call {
 pub(super) struct Ended {
     pub(super) status: ExitStatus,
     pub(super) timed_out: bool,
+    /// The watchdog killed it (client gone, response late, ...): a signal death is no crash.
+    pub(super) killed_by_us: bool,
 }
 
 /// Starts the function for `ex` with its CGI environment and arms its deadline.
@@ -39,10 +44,11 @@ pub(super) fn start(ex: &Exchange, wd: &Watchdog) -> io::Result<Call> {
     let env = cgi::environment(ex);
     let mut f = wd.children.spawn(&wd.config.argv, &env)?;
     let Limits { limit, respond_by } = Limits::of(&ex.info, &wd.config);
-    let guard = limit.map(|l| wd.deadlines.schedule(Instant::now() + l, &f.group));
+    let ends_at = limit.map(|l| Instant::now() + l);
+    let guard = ends_at.map(|t| wd.deadlines.schedule(t, &f.group));
     let log = FunctionLog::new(Stream::Stderr, wd.config.prefix_logs, wd.config.log_buffer_size);
     let io = ChildIo::new(f.stdout.take(), f.stderr.take(), log, None);
-    Ok(Call { f, io, limit, respond_by, _deadline: guard })
+    Ok(Call { f, io, limit, respond_by, ends_at, _deadline: guard })
 }
 
 /// Waits for the process to exit (relaying the rest of its stderr), kills what is left of its
@@ -53,12 +59,12 @@ pub(super) fn end(call: Call, wd: &Watchdog, buf: &mut [u8]) -> Ended {
         f.group.kill();
     }
     io.wait_exit(f.pid(), buf);
-    let timed_out = f.group.timed_out();
+    let (timed_out, killed_by_us) = (f.group.timed_out(), f.group.killed());
     let status = wd.children.finish(f);
     if timed_out {
         log::info!("Function was killed by ExecTimeout: {}", format_go(limit.unwrap_or_default()));
     }
-    Ended { status, timed_out }
+    Ended { status, timed_out, killed_by_us }
 }
 
 /// The one-line reason a call failed.

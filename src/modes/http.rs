@@ -15,9 +15,9 @@ use ureq::http;
 use crate::duration::seconds_f6;
 use crate::exchange::{BodyError, Exchange, ResponseStream};
 use crate::request::Framing;
-use crate::server::Watchdog;
 use crate::spool::Spool;
 use crate::upstream::Upstream;
+use crate::watchdog::Watchdog;
 
 use super::IoBuffer;
 use super::{Handler, Outcome};
@@ -29,6 +29,8 @@ pub(crate) struct Http {
     upstream: Upstream,
     /// `http://<ip>:<port><prefix>`: the host is already resolved (see `upstream::resolve`).
     base: String,
+    /// The upstream URL's path, put before every request target.
+    prefix: String,
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
@@ -86,7 +88,7 @@ impl Http {
             ureq::unversioned::transport::DefaultConnector::new(),
             UpstreamResolver(upstream.addr),
         );
-        Ok(Http { agent, upstream, base })
+        Ok(Http { agent, upstream, base, prefix: url.prefix.clone() })
     }
 }
 
@@ -113,13 +115,12 @@ impl ureq::unversioned::resolver::Resolver for UpstreamResolver {
 /// the client's (4xx), not the upstream's.
 struct ClientBody<'a> {
     ex: &'a mut Exchange,
-    deadline: Option<Instant>,
     failed: &'a mut Option<BodyError>,
 }
 
 impl Read for ClientBody<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.ex.read_body(buf, self.deadline) {
+        match self.ex.read_body(buf) {
             Ok(n) => Ok(n),
             Err(e) => {
                 let err = io::Error::other(e.message());
@@ -148,6 +149,14 @@ impl Handler for Http {
 
     fn shutdown(&self, _wd: &Watchdog) {
         self.upstream.stop();
+    }
+
+    fn relays_upgrades(&self) -> bool {
+        true
+    }
+
+    fn upgrade_target(&self) -> Option<(std::net::SocketAddr, &str)> {
+        Some((self.upstream.addr, self.prefix.as_str()))
     }
 
     fn handle(&self, mut ex: Exchange, wd: &Watchdog) -> Outcome {
@@ -198,22 +207,17 @@ impl Handler for Http {
             }
             return super::send_spool(ex, status, &headers, &mut spool);
         }
-        let peer = ex.info.peer;
         let mut stream = ex.stream(status, &headers, length);
         let bytes = match copy_body(&mut reader, &mut stream) {
             Ok(()) => {
                 let sent = stream.sent();
                 stream.finish().unwrap_or(sent)
             }
-            Err(Broken::Client(sent)) => sent,
-            Err(Broken::Upstream(e, sent)) => {
-                log::info!("the upstream's response broke off after {sent} bytes: {e}");
+            Err(Broken::Client) => stream.abort(status),
+            Err(Broken::Upstream(e)) => {
+                log::info!("the upstream's response broke off after {} bytes: {e}", stream.sent());
                 // End the client's connection too, so it cannot take a truncated body as whole.
-                if let Some(peer) = peer {
-                    crate::sockets::shutdown_connection(wd.port, peer, libc::SHUT_RDWR);
-                }
-                drop(stream);
-                sent
+                stream.abort(status)
             }
         };
         Outcome { status, bytes }
@@ -221,10 +225,10 @@ impl Handler for Http {
 }
 
 enum Broken {
-    /// The client went away; body bytes sent so far.
-    Client(u64),
+    /// The client went away.
+    Client,
     /// Reading the upstream's body failed.
-    Upstream(io::Error, u64),
+    Upstream(io::Error),
 }
 
 /// Relays the upstream's body piece by piece, each piece flushed to the client.
@@ -235,10 +239,10 @@ fn copy_body(reader: &mut impl Read, stream: &mut ResponseStream) -> Result<(), 
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Broken::Upstream(e, stream.sent())),
+            Err(e) => return Err(Broken::Upstream(e)),
         };
         if stream.write(&buf[..n]).is_err() {
-            return Err(Broken::Client(stream.sent()));
+            return Err(Broken::Client);
         }
     }
 }
@@ -268,8 +272,6 @@ impl Http {
                 builder = builder.header(n, v);
             }
         }
-        let read_deadline =
-            (!wd.config.read_timeout.is_zero()).then(|| ex.info.received + wd.config.read_timeout);
         let mut failed = None;
         let configure = Timing { limit, respond_by };
         let buffer = wd.config.buffer_body || ex.info.preloaded;
@@ -283,7 +285,7 @@ impl Http {
                 let mut spool = Spool::new(BUFFERED_BODY_MEMORY);
                 let mut buf = IoBuffer::take();
                 loop {
-                    match ex.read_body(&mut buf, read_deadline) {
+                    match ex.read_body(&mut buf) {
                         Ok(0) => break,
                         Ok(n) => {
                             if let Err(e) = spool.push(&buf[..n]) {
@@ -309,7 +311,7 @@ impl Http {
                 }
             }
             Framing::Length(n) => {
-                let mut body = ClientBody { ex, deadline: read_deadline, failed: &mut failed };
+                let mut body = ClientBody { ex, failed: &mut failed };
                 let req = builder
                     .header("content-length", n)
                     .body(ureq::SendBody::from_reader(&mut body))
@@ -317,7 +319,7 @@ impl Http {
                 self.agent.run(configure.apply(&self.agent, req))
             }
             Framing::Chunked => {
-                let mut body = ClientBody { ex, deadline: read_deadline, failed: &mut failed };
+                let mut body = ClientBody { ex, failed: &mut failed };
                 let req =
                     builder.body(ureq::SendBody::from_reader(&mut body)).map_err(|_| Failure::BadTarget)?;
                 self.agent.run(configure.apply(&self.agent, req))

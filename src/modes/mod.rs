@@ -6,6 +6,7 @@ pub(crate) mod http;
 pub(crate) mod serializing;
 pub(crate) mod static_files;
 pub(crate) mod streaming;
+pub(crate) mod websocket;
 
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, Mode};
 use crate::exchange::{Exchange, ResponseStream};
 use crate::request::RequestInfo;
-use crate::server::Watchdog;
 use crate::spool::Spool;
+use crate::watchdog::Watchdog;
 
 /// How a call ended, for the request log line.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +41,16 @@ pub(crate) trait Handler: Send + Sync {
 
     /// After the drain (http mode: stop the upstream).
     fn shutdown(&self, _wd: &Watchdog) {}
+
+    /// `Upgrade` requests are relayed as websockets (http mode), not handled as calls.
+    fn relays_upgrades(&self) -> bool {
+        false
+    }
+
+    /// Where a relayed upgrade goes: the upstream's address and path prefix (http mode).
+    fn upgrade_target(&self) -> Option<(std::net::SocketAddr, &str)> {
+        None
+    }
 }
 
 pub(crate) fn build(config: &Config) -> Result<Box<dyn Handler>, String> {
@@ -107,11 +118,6 @@ impl Limits {
             limit.is_none_or(|l| config.write_timeout < l).then(|| info.received + config.write_timeout);
         Limits { limit, respond_by }
     }
-}
-
-/// When reading the request body must be over.
-pub(crate) fn read_deadline(info: &RequestInfo, config: &Config) -> Option<Instant> {
-    (!config.read_timeout.is_zero()).then(|| info.received + config.read_timeout)
 }
 
 /// A plain-text response.

@@ -7,8 +7,8 @@ use std::io::Write;
 
 use crate::child_io::{self, Next};
 use crate::exchange::{Exchange, duration_header};
-use crate::server::Watchdog;
 use crate::spool::Spool;
+use crate::watchdog::Watchdog;
 
 use super::IoBuffer;
 use super::fork;
@@ -24,9 +24,8 @@ impl Handler for Serializing {
     fn handle(&self, mut ex: Exchange, wd: &Watchdog) -> Outcome {
         let mut buf = IoBuffer::take();
         let mut input = Spool::new(SPOOL_MEMORY);
-        let read_deadline = super::read_deadline(&ex.info, &wd.config);
         loop {
-            match ex.read_body(&mut buf, read_deadline) {
+            match ex.read_body(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     if let Err(e) = input.push(&buf[..n]) {

@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 
 use crate::clock;
 use crate::exchange::Exchange;
-use crate::server::Watchdog;
+use crate::watchdog::Watchdog;
 
 use super::IO_BUFFER;
 use super::{Handler, Outcome};
@@ -297,7 +297,7 @@ impl Handler for StaticFiles {
         // Any request body is read and dropped first (a response cannot start before, trap 7).
         let mut sink = [0u8; 4096];
         while !ex.body_done() {
-            if ex.read_body(&mut sink, None).is_err() {
+            if ex.read_body(&mut sink).is_err() {
                 break;
             }
         }

@@ -1,30 +1,220 @@
 //! streaming mode (SPEC §4): one process per request; the body flows into its stdin while it
 //! arrives and its stdout flows to the client as it is produced.
 //!
-//! tiny_http cannot start a response before the request body has been read (ENGINEERING.md
-//! trap 7), so until then stdout goes to a spool (64 KiB in memory, the rest in an unlinked
-//! temporary file): a function like `cat` never blocks on a full pipe, memory stays bounded,
-//! and nothing is truncated. Then the spool is sent, followed by live output, chunked and
-//! flushed per read. The status (200) goes out with the first byte of output; a function that
-//! fails before writing anything gets a 500 with a one-line reason.
+//! Three ways, by how the body arrives:
+//! - **Full duplex** (a body still to come over the network, HTTP/1.1): the response is written
+//!   straight on the connection's socket (decision D2) from the function's first output on,
+//!   while a helper thread feeds the body to stdin. Nothing is buffered beyond one read.
+//! - **Body already here** (empty, or ≤ 1 KiB read by tiny_http with the head): it goes to
+//!   stdin at once and the response goes through tiny_http's writer.
+//! - **Spooled** (HTTP/1.0 clients, or no view of the connection because /proc is missing):
+//!   tiny_http cannot answer before the body is read (ENGINEERING.md trap 7), so output is
+//!   held in a spool (64 KiB in memory, the rest in an unlinked temporary file) until then.
+//!
+//! The status (200) goes out with the first byte of output; a function that fails before
+//! writing anything gets a 500 with a one-line reason. A failure after output started is
+//! logged; a function killed by a signal it did not get from us (a crash) ends the stream
+//! without its last chunk, so the client can tell the body is incomplete. A non-zero exit or
+//! exec_timeout after output ends it normally (SPEC §4: "a failure can only end the stream").
 
 use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::child_io::{self, Next};
-use crate::exchange::{Exchange, ResponseStream};
-use crate::server::Watchdog;
+use crate::exchange::{BodyError, Direct, Exchange, ResponseStream};
+use crate::sockets::Socket;
 use crate::spool::Spool;
+use crate::watchdog::Watchdog;
 
 use super::IoBuffer;
-use super::fork::{self, Call};
+use super::fork::{self, Call, Ended};
 use super::{Handler, Outcome};
 
 const SPOOL_MEMORY: usize = 64 * 1024;
 
 pub(crate) struct Streaming;
 
-/// The response, before and after its first byte. One per call, on the worker's stack: boxing
-/// the pending exchange would only add an allocation per call.
+impl Handler for Streaming {
+    fn handle(&self, ex: Exchange, wd: &Watchdog) -> Outcome {
+        let call = match fork::start(&ex, wd) {
+            Ok(call) => call,
+            Err(e) => return fork::spawn_failed(ex, wd, &e, &[]),
+        };
+        let mut buf = IoBuffer::take();
+        if !ex.info.preloaded
+            && !ex.info.http10
+            && let Some(socket) = ex.info.peer.and_then(|p| wd.connections.socket(p))
+        {
+            return full_duplex(ex, call, socket, wd, &mut buf);
+        }
+        spooled(ex, call, wd, &mut buf)
+    }
+}
+
+/// The response, before and after its first byte, on the connection's socket.
+enum Duplex {
+    Pending(Direct),
+    Started(ResponseStream),
+    /// The client went away mid-response.
+    Gone(u64),
+}
+
+fn full_duplex(
+    mut ex: Exchange,
+    mut call: Call,
+    socket: Arc<Socket>,
+    wd: &Watchdog,
+    buf: &mut [u8],
+) -> Outcome {
+    let content_type = wd.config.content_type.as_str();
+    let headers = [("Content-Type", content_type)];
+    let (done_rx, done_tx) = match child_io::done_signal() {
+        Ok(pair) => pair,
+        Err(e) => {
+            call.f.group.kill();
+            fork::end(call, wd, buf);
+            return super::text(ex, 500, &format!("cannot set up the call: {e}\n"), &[]);
+        }
+    };
+    let mut reply = Duplex::Pending(ex.direct(socket));
+    let stdin = call.f.stdin.take();
+    call.io.watch_input(done_rx);
+    let (peer, conns) = (ex.info.peer, Arc::clone(ex.connections()));
+    let (respond_by, ends_at, pid) = (call.respond_by, call.ends_at, call.f.pid());
+    let group = Arc::clone(&call.f.group);
+    let io = &mut call.io;
+    let mut late = false;
+    let mut input_done = false;
+    let mut input_cut = false;
+    let complete = AtomicBool::new(false);
+    let fed = std::thread::scope(|s| {
+        let feeder = s.spawn(|| child_io::feed_body(&mut ex, stdin, &group, done_tx, &complete));
+        loop {
+            let respond = if matches!(reply, Duplex::Pending(_)) && !late { respond_by } else { None };
+            let deadline = earliest(respond, ends_at);
+            match io.next(buf, deadline) {
+                Ok(Next::Stdout(n)) => {
+                    let current = std::mem::replace(&mut reply, Duplex::Gone(0));
+                    reply = emit(current, &headers, &buf[..n], &group);
+                }
+                Ok(Next::InputDone) => input_done = true,
+                Ok(Next::StdoutEnd) | Err(_) => break,
+                Ok(Next::Deadline) if ends_at.is_some_and(|t| std::time::Instant::now() >= t) => {
+                    // exec_timeout: the group is killed by the deadline thread; stop waiting for
+                    // output even if a descendant that left the group still holds stdout.
+                    group.kill();
+                    io.close_stdout();
+                    break;
+                }
+                Ok(Next::Deadline) => {
+                    late = true;
+                    group.kill();
+                }
+            }
+        }
+        if !input_done {
+            // Output is over; the function may still be reading its input.
+            io.wait_exit(pid, buf);
+            if !complete.load(Ordering::SeqCst) {
+                // It exited without reading all of it: the rest is not waited for, and the
+                // connection closes after the response.
+                input_cut = true;
+                conns.stop_reading(peer);
+            }
+        }
+        feeder.join()
+    });
+    let client_error = match fed {
+        Ok(Ok(_)) => None,
+        Ok(Err((e, stdin))) => {
+            // Killed before its stdin closes: it never sees a truncated body as complete.
+            call.f.group.kill();
+            drop(stdin);
+            (!input_cut).then_some(e)
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    let limit = call.limit;
+    let ended = fork::end(call, wd, buf);
+    let close = !ex.body_done();
+    let outcome = match reply {
+        Duplex::Started(stream) => finish_stream(stream, &ended, limit, client_error.as_ref()),
+        Duplex::Gone(bytes) => Outcome { status: 200, bytes },
+        Duplex::Pending(direct) => {
+            let (status, msg) = if let Some(e) = &client_error {
+                log::info!("{} {}: {}", ex.info.method, ex.info.uri, e.message());
+                (e.status(), format!("{}\n", e.message()))
+            } else if late && !ended.timed_out {
+                (504, fork::write_timeout_message(&wd.config))
+            } else if ended.timed_out || !ended.status.success() {
+                (500, format!("{}\n", fork::failure(&ended, limit)))
+            } else {
+                (200, String::new())
+            };
+            let text = [("Content-Type", "text/plain; charset=utf-8")];
+            let headers: &[(&str, &str)] = if status == 200 { &headers } else { &text };
+            let bytes = direct.respond(status, headers, msg.as_bytes(), close);
+            Outcome { status, bytes }
+        }
+    };
+    ex.release();
+    outcome
+}
+
+fn earliest(a: Option<std::time::Instant>, b: Option<std::time::Instant>) -> Option<std::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sends one piece of output, starting the response with it if needed.
+fn emit(
+    reply: Duplex,
+    headers: &[(&str, &str)],
+    data: &[u8],
+    group: &crate::process::ProcessGroup,
+) -> Duplex {
+    let mut stream = match reply {
+        Duplex::Pending(direct) => direct.stream(200, headers),
+        Duplex::Started(stream) => stream,
+        gone @ Duplex::Gone(_) => return gone,
+    };
+    if stream.write(data).is_err() {
+        // The client stopped reading: the output has nowhere to go.
+        group.kill();
+        return Duplex::Gone(stream.abort(200));
+    }
+    Duplex::Started(stream)
+}
+
+/// Ends a response that has started: normally, or (the client's body broke off, the function
+/// crashed) without its end, so the client cannot take it as complete.
+fn finish_stream(
+    stream: ResponseStream,
+    ended: &Ended,
+    limit: Option<std::time::Duration>,
+    client_error: Option<&BodyError>,
+) -> Outcome {
+    if let Some(e) = client_error {
+        log::info!("request body broke off after the response started: {}", e.message());
+        return Outcome { status: 200, bytes: stream.abort(200) };
+    }
+    if !ended.status.success() {
+        log::info!("function failed after its response started: {}", fork::failure(ended, limit));
+        let crashed = ended.status.signal().is_some() && !ended.timed_out && !ended.killed_by_us;
+        if crashed {
+            return Outcome { status: 200, bytes: stream.abort(200) };
+        }
+    }
+    let sent = stream.sent();
+    Outcome { status: 200, bytes: stream.finish().unwrap_or(sent) }
+}
+
+/// The response, before and after its first byte, through tiny_http's writer. One per call, on
+/// the worker's stack: boxing the pending exchange would only add an allocation per call.
 #[allow(clippy::large_enum_variant)]
 enum Reply {
     Pending(Exchange),
@@ -33,140 +223,128 @@ enum Reply {
     Gone(u64),
 }
 
-impl Handler for Streaming {
-    fn handle(&self, mut ex: Exchange, wd: &Watchdog) -> Outcome {
-        let mut call = match fork::start(&ex, wd) {
-            Ok(call) => call,
-            Err(e) => return fork::spawn_failed(ex, wd, &e, &[]),
-        };
-        let mut buf = IoBuffer::take();
-        let mut spool = Spool::new(SPOOL_MEMORY);
-        let mut state = Progress { late: false, spool_failed: None };
-
-        if let Err(e) = feed(&mut ex, &mut call, wd, &mut spool, &mut buf, &mut state) {
-            call.f.group.kill();
-            fork::end(call, wd, &mut buf);
-            log::info!("{} {}: {}", ex.info.method, ex.info.uri, e.message());
-            return super::text(ex, e.status(), &format!("{}\n", e.message()), &[]);
-        }
-
-        let content_type = wd.config.content_type.as_str();
-        let headers = [("Content-Type", content_type)];
-        let buffer_all = ex.needs_length();
-        let mut reply = Reply::Pending(ex);
-        if !spool.is_empty()
-            && !buffer_all
-            && call.io.stdout_open()
-            && !state.late
-            && state.spool_failed.is_none()
-        {
-            reply = start(reply, &headers);
-            if let Reply::Started(stream) = &mut reply
-                && super::copy_spool(&mut spool, stream).is_err()
-            {
-                reply = gone(reply, &mut call);
-            }
-        }
-        while call.io.stdout_open() {
-            let waiting = matches!(reply, Reply::Pending(_)) && !state.late;
-            let deadline = if waiting { call.respond_by } else { None };
-            match call.io.next(&mut buf, deadline) {
-                Ok(Next::Stdout(n)) if buffer_all || state.late || state.spool_failed.is_some() => {
-                    if buffer_all
-                        && !state.late
-                        && state.spool_failed.is_none()
-                        && let Err(e) = spool.push(&buf[..n])
-                    {
-                        state.spool_failed = Some(e);
-                        call.f.group.kill();
-                    }
-                }
-                Ok(Next::Stdout(n)) if matches!(reply, Reply::Pending(_)) => {
-                    // The first output: take whatever else is already there, without waiting.
-                    // If that includes the end, the answer goes out whole, with a
-                    // Content-Length, in one write.
-                    if let Err(e) = gather(&mut call, &mut spool, &mut buf, n) {
-                        state.spool_failed = Some(e);
-                        call.f.group.kill();
-                        continue;
-                    }
-                    if call.io.stdout_open() {
-                        reply = start(reply, &headers);
-                        if let Reply::Started(stream) = &mut reply
-                            && super::copy_spool(&mut spool, stream).is_err()
-                        {
-                            reply = gone(reply, &mut call);
-                        }
-                    }
-                }
-                Ok(Next::Stdout(n)) => {
-                    if let Reply::Started(stream) = &mut reply
-                        && stream.write(&buf[..n]).is_err()
-                    {
-                        reply = gone(reply, &mut call);
-                    }
-                }
-                Ok(Next::StdoutEnd) | Err(_) => break,
-                Ok(Next::InputDone) => {}
-                Ok(Next::Deadline) => {
-                    state.late = true;
-                    call.f.group.kill();
-                }
-            }
-        }
-        let limit = call.limit;
-        let ended = fork::end(call, wd, &mut buf);
-        match reply {
-            Reply::Started(stream) => {
-                if !ended.status.success() {
-                    log::info!(
-                        "function failed after its response started: {}",
-                        fork::failure(&ended, limit)
-                    );
-                }
-                let bytes = stream.finish().unwrap_or(0);
-                Outcome { status: 200, bytes }
-            }
-            Reply::Gone(bytes) => Outcome { status: 200, bytes },
-            Reply::Pending(ex) => {
-                if state.late && !ended.timed_out {
-                    super::text(ex, 504, &fork::write_timeout_message(&wd.config), &[])
-                } else if let Some(e) = state.spool_failed {
-                    super::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &[])
-                } else if !spool.is_empty() {
-                    super::send_spool(ex, 200, &headers, &mut spool)
-                } else if ended.timed_out || !ended.status.success() {
-                    super::text(ex, 500, &format!("{}\n", fork::failure(&ended, limit)), &[])
-                } else {
-                    let bytes = ex.respond(200, &headers, b"");
-                    Outcome { status: 200, bytes }
-                }
-            }
-        }
-    }
-}
-
 struct Progress {
     /// The response could not start by write_timeout; the function was killed.
     late: bool,
     spool_failed: Option<std::io::Error>,
 }
 
+/// The body is already here, or output must wait for the whole body (spool).
+fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> Outcome {
+    let mut spool = Spool::new(SPOOL_MEMORY);
+    let mut state = Progress { late: false, spool_failed: None };
+
+    if let Err(e) = feed(&mut ex, &mut call, &mut spool, buf, &mut state) {
+        call.f.group.kill();
+        fork::end(call, wd, buf);
+        log::info!("{} {}: {}", ex.info.method, ex.info.uri, e.message());
+        return super::text(ex, e.status(), &format!("{}\n", e.message()), &[]);
+    }
+
+    let content_type = wd.config.content_type.as_str();
+    let headers = [("Content-Type", content_type)];
+    let buffer_all = ex.needs_length();
+    let mut reply = Reply::Pending(ex);
+    if !spool.is_empty()
+        && !buffer_all
+        && call.io.stdout_open()
+        && !state.late
+        && state.spool_failed.is_none()
+    {
+        reply = start(reply, &headers);
+        if let Reply::Started(stream) = &mut reply
+            && super::copy_spool(&mut spool, stream).is_err()
+        {
+            reply = gone(reply, &mut call);
+        }
+    }
+    while call.io.stdout_open() {
+        let waiting = matches!(reply, Reply::Pending(_)) && !state.late;
+        let deadline = earliest(if waiting { call.respond_by } else { None }, call.ends_at);
+        match call.io.next(buf, deadline) {
+            Ok(Next::Stdout(n)) if buffer_all || state.late || state.spool_failed.is_some() => {
+                if buffer_all
+                    && !state.late
+                    && state.spool_failed.is_none()
+                    && let Err(e) = spool.push(&buf[..n])
+                {
+                    state.spool_failed = Some(e);
+                    call.f.group.kill();
+                }
+            }
+            Ok(Next::Stdout(n)) if matches!(reply, Reply::Pending(_)) => {
+                // The first output: take whatever else is already there, without waiting.
+                // If that includes the end, the answer goes out whole, with a
+                // Content-Length, in one write.
+                if let Err(e) = gather(&mut call, &mut spool, buf, n) {
+                    state.spool_failed = Some(e);
+                    call.f.group.kill();
+                    continue;
+                }
+                if call.io.stdout_open() {
+                    reply = start(reply, &headers);
+                    if let Reply::Started(stream) = &mut reply
+                        && super::copy_spool(&mut spool, stream).is_err()
+                    {
+                        reply = gone(reply, &mut call);
+                    }
+                }
+            }
+            Ok(Next::Stdout(n)) => {
+                if let Reply::Started(stream) = &mut reply
+                    && stream.write(&buf[..n]).is_err()
+                {
+                    reply = gone(reply, &mut call);
+                }
+            }
+            Ok(Next::StdoutEnd) | Err(_) => break,
+            Ok(Next::InputDone) => {}
+            Ok(Next::Deadline) if call.ends_at.is_some_and(|t| std::time::Instant::now() >= t) => {
+                call.f.group.kill();
+                call.io.close_stdout();
+            }
+            Ok(Next::Deadline) => {
+                state.late = true;
+                call.f.group.kill();
+            }
+        }
+    }
+    let limit = call.limit;
+    let ended = fork::end(call, wd, buf);
+    match reply {
+        Reply::Started(stream) => finish_stream(stream, &ended, limit, None),
+        Reply::Gone(bytes) => Outcome { status: 200, bytes },
+        Reply::Pending(ex) => {
+            if state.late && !ended.timed_out {
+                super::text(ex, 504, &fork::write_timeout_message(&wd.config), &[])
+            } else if let Some(e) = state.spool_failed {
+                super::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &[])
+            } else if !spool.is_empty() {
+                super::send_spool(ex, 200, &headers, &mut spool)
+            } else if ended.timed_out || !ended.status.success() {
+                super::text(ex, 500, &format!("{}\n", fork::failure(&ended, limit)), &[])
+            } else {
+                let bytes = ex.respond(200, &headers, b"");
+                Outcome { status: 200, bytes }
+            }
+        }
+    }
+}
+
 /// The request body phase: the body goes to stdin, stdout to the spool.
 fn feed(
     ex: &mut Exchange,
     call: &mut Call,
-    wd: &Watchdog,
     spool: &mut Spool,
     buf: &mut [u8],
     state: &mut Progress,
-) -> Result<(), crate::exchange::BodyError> {
+) -> Result<(), BodyError> {
     let stdin = call.f.stdin.take();
     if ex.info.preloaded {
         // At most 1 KiB, already in memory: reading never blocks and the pipe takes it whole.
         let mut body = Vec::new();
         loop {
-            let n = ex.read_body(buf, None)?;
+            let n = ex.read_body(buf)?;
             if n == 0 {
                 break;
             }
@@ -179,15 +357,15 @@ fn feed(
     }
     let (done_rx, done_tx) = match child_io::done_signal() {
         Ok(pair) => pair,
-        Err(e) => return Err(crate::exchange::BodyError::Io(e)),
+        Err(e) => return Err(BodyError::Io(e)),
     };
     call.io.watch_input(done_rx);
-    let read_deadline = super::read_deadline(&ex.info, &wd.config);
     let respond_by = call.respond_by;
     let group = std::sync::Arc::clone(&call.f.group);
     let io = &mut call.io;
+    let complete = AtomicBool::new(false);
     let fed = std::thread::scope(|s| {
-        let feeder = s.spawn(|| child_io::feed_body(ex, stdin, read_deadline, done_tx));
+        let feeder = s.spawn(|| child_io::feed_body(ex, stdin, &group, done_tx, &complete));
         loop {
             let deadline = if state.late { None } else { respond_by };
             match io.next(buf, deadline) {
@@ -246,7 +424,7 @@ fn start(reply: Reply, headers: &[(&str, &str)]) -> Reply {
 fn gone(reply: Reply, call: &mut Call) -> Reply {
     call.f.group.kill();
     match reply {
-        Reply::Started(stream) => Reply::Gone(stream.sent()),
+        Reply::Started(stream) => Reply::Gone(stream.abort(200)),
         other => other,
     }
 }

@@ -277,9 +277,32 @@ fn number_after(line: &str, prefix: &str) -> Option<u16> {
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
+        // The function processes and upstreams run in process groups of their own and would
+        // outlive a killed watchdog: kill everything below it first.
+        for pid in descendants(self.child.id()) {
+            unsafe { kill(pid as i32, SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every process below `pid`, children first found through /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for task in tasks.flatten() {
+            let path = task.path().join("children");
+            let children = std::fs::read_to_string(path).unwrap_or_default();
+            for c in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+                found.push(c);
+                queue.push(c);
+            }
+        }
+    }
+    found
 }
 
 // Minimal libc surface, so the tests need no crates.

@@ -9,6 +9,9 @@
 //!                                              p50/p99 latency in microseconds
 //!   benchtool upstream PORT                    a fast HTTP/1.1 keep-alive server for http mode:
 //!                                              GET answers "hello world", POST echoes its body
+//!   benchtool stream-echo HOST:PORT MIB        POSTs MIB MiB (chunked, 1 MiB chunks) from one
+//!                                              thread while another reads the echo back; prints
+//!                                              MB/s (the client costs little next to curl)
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -23,8 +26,11 @@ fn main() {
         "startup" => startup(&arg(1), arg(2).parse().unwrap_or(20), arg(3).parse().unwrap_or(18700)),
         "latency" => latency(&arg(1), arg(2).parse().unwrap_or(2000)),
         "upstream" => upstream(arg(1).parse().unwrap_or(5000)),
+        "stream-echo" => stream_echo(&arg(1), arg(2).parse().unwrap_or(1024)),
         _ => {
-            eprintln!("usage: benchtool spawn-baseline THREADS SECONDS | startup BINARY RUNS PORT | latency HOST:PORT/PATH REQUESTS | upstream PORT");
+            eprintln!(
+                "usage: benchtool spawn-baseline THREADS SECONDS | startup BINARY RUNS PORT | latency HOST:PORT/PATH REQUESTS | upstream PORT | stream-echo HOST:PORT MIB"
+            );
             std::process::exit(2);
         }
     }
@@ -210,4 +216,76 @@ fn serve_upstream(conn: TcpStream) {
             return;
         }
     }
+}
+
+/// Reads a chunked body to its end (or to where the connection ends); returns its length.
+fn drain_chunked(r: &mut impl std::io::BufRead) -> u64 {
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return total;
+        }
+        let Ok(mut n) = usize::from_str_radix(line.trim(), 16) else {
+            eprintln!("bad chunk size line {line:?}");
+            return total;
+        };
+        if n == 0 {
+            let _ = r.read_line(&mut line);
+            return total;
+        }
+        total += n as u64;
+        while n > 0 {
+            let want = n.min(buf.len());
+            if r.read_exact(&mut buf[..want]).is_err() {
+                return total;
+            }
+            n -= want;
+        }
+        let mut crlf = [0u8; 2];
+        let _ = r.read_exact(&mut crlf);
+    }
+}
+
+fn stream_echo(addr: &str, mib: u64) {
+    use std::io::BufRead;
+    let Ok(conn) = TcpStream::connect(addr) else {
+        eprintln!("cannot connect to {addr}");
+        std::process::exit(1);
+    };
+    let Ok(mut w) = conn.try_clone() else { std::process::exit(1) };
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || {
+        let mut chunk = format!("{:x}\r\n", 1 << 20).into_bytes();
+        chunk.extend(std::iter::repeat_n(b'x', 1 << 20));
+        chunk.extend_from_slice(b"\r\n");
+        let _ = w.write_all(b"POST / HTTP/1.1\r\nHost: bench\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for _ in 0..mib {
+            if w.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        let _ = w.write_all(b"0\r\n\r\n");
+    });
+    let mut r = std::io::BufReader::with_capacity(1 << 20, conn);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            eprintln!("no response");
+            std::process::exit(1);
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let got = drain_chunked(&mut r);
+    let secs = start.elapsed().as_secs_f64();
+    // A watchdog that stops reading the body early would leave the sender blocked.
+    drop(r);
+    let _ = sender.join();
+    // MB/s of what came back; `complete=false` when the echo lost bytes (the Go watchdog drops
+    // the unread request body once the response has started).
+    println!("mb_per_s={:.0} seconds={secs:.3} complete={}", got as f64 / 1e6 / secs, got == mib << 20);
 }

@@ -18,6 +18,8 @@ use crate::process::ProcessGroup;
 pub(crate) enum Next {
     /// `n` bytes of stdout are in the buffer.
     Stdout(usize),
+    /// `n` bytes of stdout wait in the pipe, unread (see `ChildIo::leave_stdout_in_pipe`).
+    StdoutReady(usize),
     /// stdout reached end of file.
     StdoutEnd,
     /// The input feeder finished.
@@ -27,6 +29,8 @@ pub(crate) enum Next {
 }
 
 pub(crate) struct ChildIo {
+    /// Report stdout data as `StdoutReady` and leave it in the pipe, for the caller to splice.
+    in_pipe: bool,
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
     log: FunctionLog,
@@ -68,6 +72,18 @@ fn poll(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<usize
     }
 }
 
+/// Pipe capacity for calls whose body streams through.
+const WIDE_PIPE: libc::c_int = 256 << 10;
+
+/// Gives a pipe `WIDE_PIPE` bytes of capacity (best effort: the kernel may refuse, e.g. past
+/// /proc/sys/fs/pipe-user-pages-soft, and the pipe stays as it was).
+pub(crate) fn widen(fd: Option<RawFd>) {
+    if let Some(fd) = fd {
+        // SAFETY: F_SETPIPE_SZ on a pipe we own; failure leaves it unchanged.
+        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, WIDE_PIPE) };
+    }
+}
+
 fn pollfd(fd: RawFd) -> libc::pollfd {
     libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
 }
@@ -79,11 +95,21 @@ impl ChildIo {
         log: FunctionLog,
         input_done: Option<OwnedFd>,
     ) -> ChildIo {
-        ChildIo { stdout, stderr, log, input_done }
+        ChildIo { in_pipe: false, stdout, stderr, log, input_done }
     }
 
     pub(crate) fn stdout_open(&self) -> bool {
         self.stdout.is_some()
+    }
+
+    /// From now on `next` reports stdout data as `StdoutReady` without reading it.
+    pub(crate) fn leave_stdout_in_pipe(&mut self) {
+        self.in_pipe = true;
+    }
+
+    /// The stdout pipe's descriptor, while it is open.
+    pub(crate) fn stdout_fd(&self) -> Option<RawFd> {
+        self.stdout.as_ref().map(|s| s.as_raw_fd())
     }
 
     /// Stops reading stdout (the call's time is up, whoever still holds the pipe).
@@ -126,6 +152,17 @@ impl ChildIo {
             if fds[0].revents != 0
                 && let Some(out) = &mut self.stdout
             {
+                if self.in_pipe {
+                    let mut n: libc::c_int = 0;
+                    // SAFETY: FIONREAD writes one int.
+                    let rc = unsafe { libc::ioctl(out.as_raw_fd(), libc::FIONREAD, &mut n) };
+                    if rc == 0 && n > 0 {
+                        return Ok(Next::StdoutReady(n as usize));
+                    }
+                    // Readable with nothing in it: the write end is closed.
+                    self.stdout = None;
+                    return Ok(Next::StdoutEnd);
+                }
                 match out.read(buf) {
                     Ok(0) | Err(_) => {
                         self.stdout = None;

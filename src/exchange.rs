@@ -728,6 +728,30 @@ impl ResponseStream {
         result
     }
 
+    /// Whether `splice` can be used: a chunked body straight on the socket.
+    pub(crate) fn can_splice(&self) -> bool {
+        matches!(self.sink, Sink::Socket(_)) && self.framing == Out::Chunked
+    }
+
+    /// Sends the next `n` bytes waiting in the pipe `pipe` as one chunk, moved by the kernel
+    /// without passing through our memory. Only when `can_splice`.
+    pub(crate) fn splice(&mut self, pipe: std::os::fd::RawFd, n: usize) -> io::Result<()> {
+        let Sink::Socket(socket) = &self.sink else {
+            return Err(io::Error::other("splice needs the socket"));
+        };
+        let head = self.pending_head.take().unwrap_or_default();
+        let size = format!("{n:x}\r\n");
+        self.sent += n as u64;
+        let result = socket
+            .send_parts_more(&[&head, size.as_bytes()])
+            .and_then(|()| socket.splice_from(pipe, n, true))
+            .and_then(|()| socket.send_all(b"\r\n"));
+        if result.is_err() {
+            self.conns.abort(self.peer);
+        }
+        result
+    }
+
     /// Ends the body (the last chunk) and flushes. Returns the body bytes sent.
     pub(crate) fn finish(mut self) -> io::Result<u64> {
         if let Some((c, status)) = self.completion.take() {

@@ -278,6 +278,15 @@ impl Socket {
 
     /// A blocking send of the concatenation of `parts`, without copying them together first.
     pub(crate) fn send_parts(&self, parts: &[&[u8]]) -> io::Result<()> {
+        self.send_parts_flags(parts, libc::MSG_NOSIGNAL)
+    }
+
+    /// `send_parts`, telling the kernel more data follows at once (`MSG_MORE`).
+    pub(crate) fn send_parts_more(&self, parts: &[&[u8]]) -> io::Result<()> {
+        self.send_parts_flags(parts, libc::MSG_NOSIGNAL | libc::MSG_MORE)
+    }
+
+    fn send_parts_flags(&self, parts: &[&[u8]], flags: libc::c_int) -> io::Result<()> {
         let mut iov: Vec<libc::iovec> = parts
             .iter()
             .filter(|p| !p.is_empty())
@@ -289,7 +298,7 @@ impl Socket {
             let mut msg: libc::msghdr = unsafe { mem::zeroed() };
             msg.msg_iov = iov[at..].as_mut_ptr();
             msg.msg_iovlen = (iov.len() - at) as _;
-            let n = unsafe { libc::sendmsg(self.raw(), &msg, libc::MSG_NOSIGNAL) };
+            let n = unsafe { libc::sendmsg(self.raw(), &msg, flags) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -307,6 +316,31 @@ impl Socket {
                 iov[at].iov_base = unsafe { (iov[at].iov_base as *mut u8).add(n) }.cast();
                 iov[at].iov_len -= n;
             }
+        }
+        Ok(())
+    }
+
+    /// Moves `n` bytes from the pipe `pipe` into the connection without copying them through
+    /// user space (blocking, bounded per call by `SO_SNDTIMEO`). `more`: further data follows
+    /// at once (the kernel may wait for it to fill a packet).
+    pub(crate) fn splice_from(&self, pipe: RawFd, mut n: usize, more: bool) -> io::Result<()> {
+        let flags = libc::SPLICE_F_MOVE | if more { libc::SPLICE_F_MORE } else { 0 };
+        while n > 0 {
+            // SAFETY: both descriptors are open; null offsets mean "current position".
+            let moved = unsafe {
+                libc::splice(pipe, std::ptr::null_mut(), self.raw(), std::ptr::null_mut(), n, flags)
+            };
+            if moved < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if moved == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            n -= moved as usize;
         }
         Ok(())
     }

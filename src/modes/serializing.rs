@@ -83,7 +83,7 @@ impl Handler for Serializing {
                         }
                     }
                     Ok(Next::StdoutEnd) | Err(_) => break,
-                    Ok(Next::InputDone) => {}
+                    Ok(Next::InputDone | Next::StdoutReady(_)) => {}
                     Ok(Next::Deadline) => {
                         late = true;
                         group.kill();

@@ -18,6 +18,7 @@
 //! exec_timeout after output ends it normally (SPEC §4: "a failure can only end the stream").
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,6 +82,12 @@ fn full_duplex(
     let mut reply = Duplex::Pending(ex.direct(socket));
     let stdin = call.f.stdin.take();
     call.io.watch_input(done_rx);
+    // Output goes from the function's pipe into the socket by splice, not through our memory.
+    call.io.leave_stdout_in_pipe();
+    // A body streams through: wider pipes mean a quarter of the wake-ups, for the function
+    // and for us (pipe pages are only taken while data sits in them).
+    child_io::widen(stdin.as_ref().map(|s| s.as_raw_fd()));
+    child_io::widen(call.io.stdout_fd());
     let (peer, conns) = (ex.info.peer, Arc::clone(ex.connections()));
     let (respond_by, ends_at, pid) = (call.respond_by, call.ends_at, call.f.pid());
     let group = Arc::clone(&call.f.group);
@@ -97,7 +104,17 @@ fn full_duplex(
             match io.next(buf, deadline) {
                 Ok(Next::Stdout(n)) => {
                     let current = std::mem::replace(&mut reply, Duplex::Gone(0));
-                    reply = emit(current, &headers, &buf[..n], &group);
+                    reply = emit(current, &headers, Output::Bytes(&buf[..n]), &group);
+                }
+                Ok(Next::StdoutReady(n)) => {
+                    let current = std::mem::replace(&mut reply, Duplex::Gone(0));
+                    match io.stdout_fd() {
+                        Some(fd) => reply = emit(current, &headers, Output::Pipe(fd, n), &group),
+                        None => reply = current,
+                    }
+                    if matches!(reply, Duplex::Gone(_)) {
+                        io.close_stdout();
+                    }
                 }
                 Ok(Next::InputDone) => input_done = true,
                 Ok(Next::StdoutEnd) | Err(_) => break,
@@ -170,11 +187,17 @@ fn earliest(a: Option<std::time::Instant>, b: Option<std::time::Instant>) -> Opt
     }
 }
 
+/// A piece of the function's output: in our buffer, or still in its pipe.
+enum Output<'a> {
+    Bytes(&'a [u8]),
+    Pipe(std::os::fd::RawFd, usize),
+}
+
 /// Sends one piece of output, starting the response with it if needed.
 fn emit(
     reply: Duplex,
     headers: &[(&str, &str)],
-    data: &[u8],
+    data: Output<'_>,
     group: &crate::process::ProcessGroup,
 ) -> Duplex {
     let mut stream = match reply {
@@ -182,7 +205,18 @@ fn emit(
         Duplex::Started(stream) => stream,
         gone @ Duplex::Gone(_) => return gone,
     };
-    if stream.write(data).is_err() {
+    let sent = match data {
+        Output::Bytes(bytes) => stream.write(bytes),
+        Output::Pipe(fd, n) if stream.can_splice() => stream.splice(fd, n),
+        Output::Pipe(fd, n) => {
+            // No body on this response (a HEAD request): take the output out of the pipe.
+            let mut scratch = vec![0u8; n.min(64 * 1024)];
+            // SAFETY: reading into a valid buffer from a pipe we own.
+            unsafe { libc::read(fd, scratch.as_mut_ptr().cast(), scratch.len()) };
+            stream.write(&[])
+        }
+    };
+    if sent.is_err() {
         // The client stopped reading: the output has nowhere to go.
         group.kill();
         return Duplex::Gone(stream.abort(200));
@@ -298,7 +332,7 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
                 }
             }
             Ok(Next::StdoutEnd) | Err(_) => break,
-            Ok(Next::InputDone) => {}
+            Ok(Next::InputDone | Next::StdoutReady(_)) => {}
             Ok(Next::Deadline) if call.ends_at.is_some_and(|t| std::time::Instant::now() >= t) => {
                 call.f.group.kill();
                 call.io.close_stdout();
@@ -377,7 +411,7 @@ fn feed(
                         group.kill();
                     }
                 }
-                Ok(Next::StdoutEnd) => {}
+                Ok(Next::StdoutEnd | Next::StdoutReady(_)) => {}
                 Ok(Next::InputDone) | Err(_) => break,
                 Ok(Next::Deadline) => {
                     state.late = true;
@@ -406,7 +440,7 @@ fn gather(call: &mut Call, spool: &mut Spool, buf: &mut [u8], n: usize) -> std::
     while spool.len() < SPOOL_MEMORY as u64 {
         match call.io.next(buf, Some(std::time::Instant::now())) {
             Ok(Next::Stdout(m)) => spool.push(&buf[..m])?,
-            Ok(Next::InputDone) => {}
+            Ok(Next::InputDone | Next::StdoutReady(_)) => {}
             Ok(Next::StdoutEnd | Next::Deadline) | Err(_) => break,
         }
     }

@@ -105,6 +105,8 @@ pub struct Options {
     pub pid_namespace: bool,
     /// RLIMIT_NOFILE (soft and hard) for the watchdog.
     pub nofile: Option<u64>,
+    /// Put TMPDIR on a tmpfs of this many bytes (a mount namespace of its own: needs root).
+    pub tmpfs_tmpdir: Option<u64>,
 }
 
 impl Options {
@@ -114,6 +116,7 @@ impl Options {
             wait_healthy: true,
             pid_namespace: false,
             nofile: None,
+            tmpfs_tmpdir: None,
         }
     }
 }
@@ -130,6 +133,12 @@ impl Watchdog {
         let mut cmd = if opts.pid_namespace {
             let mut c = Command::new("unshare");
             c.args(["--pid", "--fork", "--kill-child", "--", BIN]);
+            c
+        } else if let Some(size) = opts.tmpfs_tmpdir {
+            // unshare and sh exec in turn, so the child's pid is the watchdog's.
+            let mut c = Command::new("unshare");
+            let script = format!("mount -t tmpfs -o size={size} fwtest \"$TMPDIR\" && exec \"$0\"");
+            c.args(["-m", "--propagation", "private", "sh", "-c", &script, BIN]);
             c
         } else {
             Command::new(BIN)
@@ -512,4 +521,136 @@ pub fn read_pid(path: &Path) -> u32 {
         pid != 0
     });
     pid
+}
+
+/// Whether this process may create mount namespaces (root); prints why a test is skipped if not.
+pub fn can_mount() -> bool {
+    let ok = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=4096 t /mnt 2>/dev/null || mount -t tmpfs -o size=4096 t /tmp",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("SKIPPED: cannot mount a tmpfs in a mount namespace (needs root; CI runs as root)");
+    }
+    ok
+}
+
+/// A port nobody listens on right now (for upstreams the tests start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// `tests/interop`: helper programs on real frameworks (Python `websockets`, Node `ws`, ...).
+pub fn interop(file: &str) -> String {
+    format!("{}/tests/interop/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether `python3` can import `module`; prints why a test is skipped if not.
+pub fn have_python_module(module: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("SKIPPED: python3 cannot import {module} (pip install it; .ci/run does)");
+    }
+    ok
+}
+
+/// Whether Node.js and the npm package `name` (in tests/interop/node_modules) are there.
+pub fn have_node_module(name: &str) -> bool {
+    let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let module = std::path::Path::new(&interop(&format!("node_modules/{name}"))).is_dir();
+    if !(node && module) {
+        eprintln!("SKIPPED: needs node and `npm install` in tests/interop ({name}); .ci/run does it");
+    }
+    node && module
+}
+
+/// Runs a helper program to completion (killed after `timeout`); returns its stdout.
+pub fn run_helper(program: &str, args: &[&str], timeout: Duration) -> String {
+    let mut child = Command::new(program)
+        .args(args)
+        .env("NODE_PATH", interop("node_modules"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let output = Output::default();
+    if let Some(out) = child.stdout.take() {
+        output.pump_public(out, false);
+    }
+    if let Some(err) = child.stderr.take() {
+        output.pump_public(err, true);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{program} {args:?} did not finish in {timeout:?}; stderr:\n{}", output.stderr());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the pumps take the last lines.
+    std::thread::sleep(Duration::from_millis(50));
+    let out = output.stdout();
+    if out.trim().is_empty() {
+        eprintln!("{program} {args:?} printed nothing; stderr:\n{}", output.stderr());
+    }
+    out
+}
+
+/// The raw text of the value of `"key":` in a flat JSON object (strings unquoted).
+pub fn json_field(json: &str, key: &str) -> Option<String> {
+    let start = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &json[start..];
+    if let Some(s) = rest.strip_prefix('"') {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => return Some(out),
+                '\\' => out.push(match chars.next()? {
+                    'n' => '\n',
+                    't' => '\t',
+                    'r' => '\r',
+                    c => c,
+                }),
+                c => out.push(c),
+            }
+        }
+        return None;
+    }
+    let mut depth = 0;
+    let end = rest
+        .char_indices()
+        .find(|&(_, c)| {
+            match c {
+                '[' | '{' => depth += 1,
+                ']' | '}' if depth > 0 => depth -= 1,
+                ',' | '}' if depth == 0 => return true,
+                _ => {}
+            }
+            false
+        })
+        .map_or(rest.len(), |(i, _)| i);
+    Some(rest[..end].trim().to_string())
+}
+
+/// The value of one sample in the watchdog's Prometheus exposition (`name{labels}` exactly).
+pub fn metric(wd: &Watchdog, sample: &str) -> Option<f64> {
+    let port = wd.metrics_port?;
+    let text = request(port, "GET", "/metrics", &[], b"").text();
+    text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -3,8 +3,11 @@
 //!   benchtool spawn-baseline THREADS SECONDS   rate at which one process can spawn `cat` and
 //!                                              round-trip 1 KiB through it (the ceiling for
 //!                                              fork modes on this machine)
-//!   benchtool startup BINARY RUNS PORT         time from spawning the watchdog to its first
-//!                                              200 on GET /_/health (median, min, max)
+//!   benchtool startup BINARY RUNS PORT [http]  time from spawning the watchdog to its first
+//!                                              200 on GET /_/health (median, min, max); with
+//!                                              `http`, in http mode in front of `upstream`
+//!   benchtool listen-time RUNS PORT            time from spawning `benchtool upstream` until it
+//!                                              accepts a connection (what http mode waits for)
 //!   benchtool latency HOST:PORT/PATH REQUESTS  sequential GETs on one keep-alive connection:
 //!                                              p50/p99 latency in microseconds
 //!   benchtool upstream PORT                    a fast HTTP/1.1 keep-alive server for http mode:
@@ -23,7 +26,8 @@ fn main() {
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     match arg(0).as_str() {
         "spawn-baseline" => spawn_baseline(arg(1).parse().unwrap_or(16), arg(2).parse().unwrap_or(5.0)),
-        "startup" => startup(&arg(1), arg(2).parse().unwrap_or(20), arg(3).parse().unwrap_or(18700)),
+        "startup" => startup(&arg(1), arg(2).parse().unwrap_or(20), arg(3).parse().unwrap_or(18700), arg(4) == "http"),
+        "listen-time" => listen_time(arg(1).parse().unwrap_or(20), arg(2).parse().unwrap_or(18900)),
         "latency" => latency(&arg(1), arg(2).parse().unwrap_or(2000)),
         "upstream" => upstream(arg(1).parse().unwrap_or(5000)),
         "stream-echo" => stream_echo(&arg(1), arg(2).parse().unwrap_or(1024)),
@@ -84,20 +88,49 @@ fn health_ok(port: u16) -> bool {
     matches!(s.read(&mut buf), Ok(n) if n >= 12 && buf.starts_with(b"HTTP/1.1 200"))
 }
 
-fn startup(binary: &str, runs: usize, port: u16) {
-    let dir = std::env::temp_dir().join(format!("benchtool-startup-{}", std::process::id()));
+fn print_times(mut times: Vec<f64>) {
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!("median_ms={:.2} min_ms={:.2} max_ms={:.2}", times[times.len() / 2], times[0], times[times.len() - 1]);
+}
+
+fn listen_time(runs: usize, port: u16) {
+    let me = std::env::current_exe().unwrap_or_default();
     let mut times = Vec::new();
     for i in 0..runs {
-        let p = port + (i % 50) as u16 * 2;
+        let p = port + (i % 50) as u16;
         let t0 = Instant::now();
-        let Ok(mut child) = Command::new(binary)
-            .env("fprocess", "cat")
+        let Ok(mut child) = Command::new(&me).args(["upstream", &p.to_string()]).spawn() else {
+            std::process::exit(1);
+        };
+        while TcpStream::connect(("127.0.0.1", p)).is_err() {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    print_times(times);
+}
+
+fn startup(binary: &str, runs: usize, port: u16, http: bool) {
+    let dir = std::env::temp_dir().join(format!("benchtool-startup-{}", std::process::id()));
+    let me = std::env::current_exe().unwrap_or_default();
+    let mut times = Vec::new();
+    for i in 0..runs {
+        let p = port + (i % 50) as u16 * 3;
+        let mut cmd = Command::new(binary);
+        cmd.env("fprocess", "cat")
             .env("port", p.to_string())
             .env("metrics_port", (p + 1).to_string())
             .env("TMPDIR", &dir)
-            .stderr(Stdio::null())
-            .spawn()
-        else {
+            .stderr(Stdio::null());
+        if http {
+            cmd.env("mode", "http")
+                .env("fprocess", format!("{} upstream {}", me.display(), p + 2))
+                .env("upstream_url", format!("http://127.0.0.1:{}", p + 2));
+        }
+        let t0 = Instant::now();
+        let Ok(mut child) = cmd.spawn() else {
             eprintln!("cannot start {binary}");
             std::process::exit(1);
         };
@@ -109,11 +142,14 @@ fn startup(binary: &str, runs: usize, port: u16) {
             std::thread::sleep(Duration::from_micros(50));
         }
         times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        // SIGKILL leaves an http-mode upstream behind: end it too.
         let _ = child.kill();
         let _ = child.wait();
+        if http {
+            let _ = Command::new("pkill").args(["-f", &format!("upstream {}$", p + 2)]).status();
+        }
     }
-    times.sort_by(|a, b| a.total_cmp(b));
-    println!("median_ms={:.2} min_ms={:.2} max_ms={:.2}", times[times.len() / 2], times[0], times[times.len() - 1]);
+    print_times(times);
 }
 
 fn latency(target: &str, requests: usize) {

@@ -39,7 +39,6 @@ pub(crate) fn run(config: Config) -> i32 {
         }
     };
     process::raise_nofile_limit();
-    crate::alloc::size_window();
     crate::listener::install_panic_hook();
 
     let listener = match sockets::listen(config.port, config.write_timeout) {
@@ -91,17 +90,12 @@ pub(crate) fn run(config: Config) -> i32 {
         handler,
         events: events_tx.clone(),
     });
-    spawn_signal_thread(signals, pid1, Arc::clone(&children), events_tx);
+    // The upstream first: its own start-up runs while ours goes on.
     if let Err(e) = wd.handler.start(&wd) {
         log::error!("{e}");
         return 1;
     }
-
-    metrics::serve(metrics_port, metrics);
-    if let Err(e) = connections.start_sweeper() {
-        log::error!("cannot start the connection sweeper: {e}");
-        return 1;
-    }
+    spawn_signal_thread(signals, pid1, Arc::clone(&children), events_tx);
     let workers = Workers::new(Arc::clone(&wd));
     let acceptor = match Acceptor::start(listener, port, workers) {
         Ok(a) => a,
@@ -123,6 +117,14 @@ pub(crate) fn run(config: Config) -> i32 {
         children.kill_all();
         return 1;
     }
+    // What health and the first calls do not need starts once the watchdog is healthy.
+    if let Err(e) = connections.start_sweeper() {
+        log::error!("cannot start the connection sweeper: {e}");
+        children.kill_all();
+        return 1;
+    }
+    metrics::serve(metrics_port, metrics);
+    crate::alloc::size_window();
 
     let signal = match wait_event(&events, None) {
         Some(Event::Signal(sig)) => sig,

@@ -105,3 +105,35 @@ fn ready_path_asks_the_function() {
     let wd = Watchdog::start(&[("fprocess", &failing), ("ready_path", "/healthz")]);
     assert_eq!(wd.get("/_/ready").status, 500, "a failing readiness function is not ready");
 }
+
+#[test]
+fn health_ready_and_429_answer_at_once_while_every_call_slot_and_queue_place_is_held() {
+    let dir = TempDir::new("held");
+    let f = dir.script("slow", "sleep 4; echo done");
+    // Without max_inflight: 2 workers, then 2 queued calls, then 429.
+    let mut wd = Watchdog::start(&[("fprocess", &f), ("max_workers", "2")]);
+    let port = wd.port;
+    let slow: Vec<_> =
+        (0..4).map(|_| std::thread::spawn(move || request(port, "POST", "/", &[], b""))).collect();
+    wd.wait_until("4 functions started", Duration::from_secs(10), |wd| {
+        descendants(wd.pid()).len() >= 2 && wd.post("/", b"").status == 429
+    });
+    let t = Instant::now();
+    let r = wd.post("/", b"");
+    assert_eq!(r.status, 429, "a fifth call is refused");
+    assert!(r.text().contains("all 2 workers are busy"), "{}", r.text());
+    assert!(t.elapsed() < Duration::from_secs(1), "the 429 took {:?}", t.elapsed());
+    // Many health checks at once, each on its own connection: none waits for a call.
+    let t = Instant::now();
+    let checks: Vec<_> = (0..50)
+        .map(|_| std::thread::spawn(move || request(port, "GET", "/_/health", &[], b"").status))
+        .collect();
+    for c in checks {
+        assert_eq!(c.join().expect("health"), 200);
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "50 health checks took {:?}", t.elapsed());
+    assert_eq!(wd.get("/_/ready").status, 200, "ready: no max_inflight, so not 429");
+    for h in slow {
+        assert_eq!(h.join().expect("call").text(), "done\n", "queued calls run when a worker frees");
+    }
+}

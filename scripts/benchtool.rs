@@ -12,6 +12,10 @@
 //!                                              p50/p99 latency in microseconds
 //!   benchtool upstream PORT                    a fast HTTP/1.1 keep-alive server for http mode:
 //!                                              GET answers "hello world", POST echoes its body
+//!   benchtool probe HOST:PORT SECONDS MS       every MS milliseconds, one POST / (body "ping",
+//!                                              expecting it back) and one GET /_/health, each on
+//!                                              a fresh connection, 5 s timeout: success rates and
+//!                                              latency percentiles (the "other client" under attack)
 //!   benchtool stream-echo HOST:PORT MIB        POSTs MIB MiB (chunked, 1 MiB chunks) from one
 //!                                              thread while another reads the echo back; prints
 //!                                              MB/s (the client costs little next to curl)
@@ -31,6 +35,7 @@ fn main() {
         "latency" => latency(&arg(1), arg(2).parse().unwrap_or(2000)),
         "upstream" => upstream(arg(1).parse().unwrap_or(5000)),
         "stream-echo" => stream_echo(&arg(1), arg(2).parse().unwrap_or(1024)),
+        "probe" => probe(&arg(1), arg(2).parse().unwrap_or(30.0), arg(3).parse().unwrap_or(100)),
         _ => {
             eprintln!(
                 "usage: benchtool spawn-baseline THREADS SECONDS | startup BINARY RUNS PORT | latency HOST:PORT/PATH REQUESTS | upstream PORT | stream-echo HOST:PORT MIB"
@@ -324,4 +329,61 @@ fn stream_echo(addr: &str, mib: u64) {
     // MB/s of what came back; `complete=false` when the echo lost bytes (the Go watchdog drops
     // the unread request body once the response has started).
     println!("mb_per_s={:.0} seconds={secs:.3} complete={}", got as f64 / 1e6 / secs, got == mib << 20);
+}
+
+/// One request on a fresh connection; the response's status and body, or `None`.
+fn one_shot(addr: &str, request: &[u8], timeout: Duration) -> Option<(u16, Vec<u8>)> {
+    use std::net::ToSocketAddrs;
+    let sa = addr.to_socket_addrs().ok()?.next()?;
+    let mut s = TcpStream::connect_timeout(&sa, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    s.write_all(request).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out);
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = out.windows(4).position(|w| w == b"\r\n\r\n").map(|i| out[i + 4..].to_vec())?;
+    Some((status, body))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn probe(addr: &str, seconds: f64, every_ms: u64) {
+    let call = b"POST / HTTP/1.1\r\nHost: probe\r\nContent-Length: 4\r\nConnection: close\r\n\r\nping";
+    let health = b"GET /_/health HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n";
+    let start = Instant::now();
+    let (mut calls, mut healths) = (Vec::new(), Vec::new());
+    let (mut call_fail, mut health_fail) = (0u32, 0u32);
+    while start.elapsed().as_secs_f64() < seconds {
+        let t = Instant::now();
+        match one_shot(addr, call, Duration::from_secs(5)) {
+            Some((200, body)) if body.windows(4).any(|w| w == b"ping") => calls.push(t.elapsed().as_secs_f64() * 1000.0),
+            _ => call_fail += 1,
+        }
+        let t = Instant::now();
+        match one_shot(addr, health, Duration::from_secs(5)) {
+            Some((200, _)) => healths.push(t.elapsed().as_secs_f64() * 1000.0),
+            _ => health_fail += 1,
+        }
+        std::thread::sleep(Duration::from_millis(every_ms));
+    }
+    calls.sort_by(|a, b| a.total_cmp(b));
+    healths.sort_by(|a, b| a.total_cmp(b));
+    let ok = calls.len() as u32;
+    println!(
+        "calls_ok={ok} calls_failed={call_fail} success_pct={:.2} call_p50_ms={:.1} call_p99_ms={:.1} call_max_ms={:.1} health_ok={} health_failed={health_fail} health_p99_ms={:.1} health_max_ms={:.1}",
+        100.0 * f64::from(ok) / f64::from((ok + call_fail).max(1)),
+        percentile(&calls, 0.5),
+        percentile(&calls, 0.99),
+        calls.last().copied().unwrap_or(f64::NAN),
+        healths.len(),
+        percentile(&healths, 0.99),
+        healths.last().copied().unwrap_or(f64::NAN),
+    );
 }

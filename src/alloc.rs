@@ -45,6 +45,14 @@ pub(crate) fn tune_malloc() {
     }
 }
 
+/// Returns the C allocator's free pages to the kernel, in every heap (not only their tops, as
+/// the trim threshold does): after a burst of many threads, their freed buffers otherwise stay
+/// resident.
+pub(crate) fn give_back() {
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe { libc::malloc_trim(0) };
+}
+
 /// Sizes the window from the kernel's largest TCP receive buffer (call once at startup, before
 /// any connection).
 pub(crate) fn size_window() {

@@ -118,7 +118,7 @@ impl fmt::Display for ConfigError {
 
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_LOG_BUFFER: usize = 64 * 1024;
-pub(crate) const DEFAULT_MAX_WORKERS: usize = 256;
+pub(crate) const DEFAULT_MAX_WORKERS: usize = 1024;
 /// More threads than this is a configuration mistake rather than a workload.
 const MAX_WORKERS_LIMIT: usize = 65_536;
 

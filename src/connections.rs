@@ -64,6 +64,9 @@ pub(crate) enum Arrival {
     /// Its connection was shut down by the watchdog: drop it (tiny_http's answer to a dropped
     /// request then fails at once).
     Discard(Request),
+    /// Its peer's last connection was shut down by the watchdog: it was parsed from that one
+    /// before the cut, or it comes from a new connection from the same address. `recheck` tells.
+    Recheck(Request),
 }
 
 /// A request whose turn has come.
@@ -160,6 +163,8 @@ pub(crate) struct Connections {
     /// One scan at a time, and what the last one learned.
     scan: Mutex<HashMap<RawFd, sockets::Seen>>,
     nudge: Nudge,
+    /// Requests that arrived so far (the sweeper's sign of activity).
+    arrivals: std::sync::atomic::AtomicU64,
     /// /proc/self/fd was readable at the last scan.
     proc_ok: std::sync::atomic::AtomicBool,
 }
@@ -173,6 +178,7 @@ impl Connections {
             table: Mutex::new(HashMap::new()),
             scan: Mutex::new(HashMap::new()),
             nudge: Nudge::new()?,
+            arrivals: std::sync::atomic::AtomicU64::new(0),
             proc_ok: std::sync::atomic::AtomicBool::new(true),
         }))
     }
@@ -189,6 +195,7 @@ impl Connections {
     /// A request from tiny_http, in the order tiny_http parsed them (the caller keeps that order).
     pub(crate) fn arrive(&self, req: Request) -> Arrival {
         let now = Instant::now();
+        self.arrivals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(peer) = req.remote_addr().map(|a| sockets::canonical(*a)) else {
             return Arrival::Serve(Turn { req, started: now });
         };
@@ -208,13 +215,26 @@ impl Connections {
             return Arrival::Waiting;
         }
         if conn.cut {
-            // Parsed before its connection was shut down.
-            return Arrival::Discard(req);
+            return Arrival::Recheck(req);
         }
         conn.busy = true;
         conn.requests += 1;
         conn.respond_until = Some(now + self.write_timeout + RESPONSE_GRACE);
         Arrival::Serve(Turn { req, started: conn.idle_since })
+    }
+
+    /// A request whose peer's entry is cut (`Arrival::Recheck`), after a scan of our descriptors:
+    /// if that peer now has a different live connection, this is a new connection from the same
+    /// address (the cut poisons a connection, never an address) and gets a fresh entry;
+    /// otherwise it is a leftover of the cut one. Still in tiny_http's order: called under the
+    /// same baton as `arrive`.
+    pub(crate) fn recheck(&self, req: Request) -> Arrival {
+        self.refresh();
+        let Some(peer) = req.remote_addr().map(|a| sockets::canonical(*a)) else {
+            return Arrival::Discard(req);
+        };
+        let cut = self.lock().get(&peer).is_some_and(|c| c.cut);
+        if cut { Arrival::Discard(req) } else { self.arrive(req) }
     }
 
     /// The request being answered on `peer`'s connection is done and dropped. `keep`: the
@@ -343,6 +363,10 @@ impl Connections {
         let mut table = self.lock();
         for socket in adopted {
             let conn = table.entry(socket.peer).or_insert_with(|| Conn::new(now));
+            if conn.socket.is_some() && !conn.busy && conn.backlog.is_empty() {
+                // A new connection from the address of one that has ended: a fresh start.
+                *conn = Conn::new(now);
+            }
             conn.socket = Some(Arc::new(socket));
             conn.gone_since = None;
         }
@@ -359,17 +383,20 @@ impl Connections {
     pub(crate) fn start_sweeper(self: &Arc<Self>) -> io::Result<()> {
         let conns = Arc::clone(self);
         std::thread::Builder::new().name("fw-connections".into()).spawn(move || {
+            let mut quiet = Quiet::default();
             loop {
                 conns.nudge.wait(TICK);
-                conns.sweep();
+                let busy = conns.sweep();
+                quiet.observe(conns.arrivals.load(std::sync::atomic::Ordering::Relaxed), busy);
             }
         })?;
         Ok(())
     }
 
-    fn sweep(&self) {
+    /// One look at every connection; returns whether any is being answered.
+    fn sweep(&self) -> bool {
         let scan_started = Instant::now();
-        let Some(live) = self.refresh() else { return };
+        let Some(live) = self.refresh() else { return true };
         let now = Instant::now();
         let live: HashSet<SocketAddr> = live.into_iter().collect();
         let mut decisions: Vec<Decision> = Vec::new();
@@ -489,6 +516,7 @@ impl Connections {
         for d in act {
             self.apply(&d.socket, d.cut);
         }
+        self.lock().values().any(|c| c.busy)
     }
 
     fn apply(&self, socket: &Socket, cut: Cut) {
@@ -523,6 +551,36 @@ impl Connections {
             self.lock().values().filter(|c| c.upgraded).filter_map(|c| c.socket.clone()).collect();
         for s in sockets {
             s.shutdown(libc::SHUT_RDWR);
+        }
+    }
+}
+
+/// After a burst, freed memory goes back to the kernel: when no request has arrived and none
+/// has been answered for 2, 12 and 30 seconds (threads of the burst end meanwhile: tiny_http's
+/// after 5 s idle, ours after 10 s), the C allocator is asked to return its free pages
+/// (`alloc::give_back`).
+#[derive(Default)]
+struct Quiet {
+    arrivals: u64,
+    since: Option<Instant>,
+    /// How many of `QUIET_STEPS` are done in this quiet spell.
+    done: usize,
+}
+
+const QUIET_STEPS: [Duration; 3] = [Duration::from_secs(2), Duration::from_secs(12), Duration::from_secs(30)];
+
+impl Quiet {
+    fn observe(&mut self, arrivals: u64, busy: bool) {
+        if busy || arrivals != self.arrivals {
+            self.arrivals = arrivals;
+            self.since = None;
+            self.done = 0;
+            return;
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if QUIET_STEPS.get(self.done).is_some_and(|step| since.elapsed() >= *step) {
+            crate::alloc::give_back();
+            self.done += 1;
         }
     }
 }

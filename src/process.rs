@@ -41,7 +41,8 @@ impl ProcessGroup {
         }
     }
 
-    fn kill_for_timeout(&self) {
+    /// SIGKILL to the whole group because the call's time is up.
+    pub(crate) fn kill_for_timeout(&self) {
         self.timed_out.store(true, Ordering::Release);
         self.kill();
     }

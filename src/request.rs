@@ -140,6 +140,10 @@ pub(crate) fn inspect(head: &Head<'_>, received: Instant) -> Result<RequestInfo,
     if head.headers.iter().any(|(k, _)| k.is_empty() || !k.bytes().all(is_tchar)) {
         return Err(Rejection::BadRequest("invalid header name"));
     }
+    // RFC 9110 §5.5: no control characters but tab in a field value (Go answers 400 too).
+    if head.headers.iter().any(|(_, v)| v.bytes().any(|b| b.is_ascii_control() && b != b'\t')) {
+        return Err(Rejection::BadRequest("invalid header value"));
+    }
     fn all<'h, 'n>(head: &'h Head<'_>, name: &'n str) -> impl Iterator<Item = &'h str> + use<'h, 'n> {
         head.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
     }
@@ -371,6 +375,19 @@ mod tests {
             rejected(&head("/", &[("Host", "x"), ("Bad Name", "v")])),
             Rejection::BadRequest("invalid header name")
         );
+    }
+
+    #[test]
+    fn control_characters_in_header_values_are_refused() {
+        assert_eq!(
+            rejected(&head("/", &[("Host", "x"), ("X-A", "a\u{0}b")])),
+            Rejection::BadRequest("invalid header value")
+        );
+        assert_eq!(
+            rejected(&head("/", &[("Host", "x"), ("X-A", "a\u{7f}")])),
+            Rejection::BadRequest("invalid header value")
+        );
+        assert_eq!(ok(&head("/", &[("Host", "x"), ("X-A", "tab\there")])).method, "POST");
     }
 
     #[test]

@@ -219,7 +219,7 @@ impl Receivers {
                     self.idle.fetch_add(1, Ordering::AcqRel);
                 }
                 Arrival::Waiting => {}
-                Arrival::Discard(req) => drop(req),
+                Arrival::Discard(req) | Arrival::Recheck(req) => drop(req),
             }
         }
         self.workers.threads.fetch_sub(1, Ordering::AcqRel);
@@ -256,7 +256,13 @@ impl Receivers {
                 return self.leave();
             }
             match self.server.recv_timeout(IDLE_EXIT) {
-                Ok(Some(req)) => return Some(self.workers.wd.connections.arrive(req)),
+                Ok(Some(req)) => {
+                    let conns = &self.workers.wd.connections;
+                    return Some(match conns.arrive(req) {
+                        Arrival::Recheck(req) => conns.recheck(req),
+                        arrival => arrival,
+                    });
+                }
                 Ok(None) => {
                     if self.may_leave() {
                         return None;

@@ -134,6 +134,8 @@ impl Read for ClientBody<'_> {
 /// Why a relay failed before the upstream's response started.
 enum Failure {
     Client(BodyError),
+    /// The body could not be held for `http_buffer_req_body` (e.g. a full $TMPDIR): ours.
+    Buffer(io::Error),
     Upstream(ureq::Error),
     BadTarget,
 }
@@ -289,7 +291,7 @@ impl Http {
                         Ok(0) => break,
                         Ok(n) => {
                             if let Err(e) = spool.push(&buf[..n]) {
-                                return Err(Failure::Client(BodyError::Io(e)));
+                                return Err(Failure::Buffer(e));
                             }
                         }
                         Err(e) => return Err(Failure::Client(e)),
@@ -302,7 +304,7 @@ impl Http {
                         self.agent.run(configure.apply(&self.agent, req))
                     }
                     None => {
-                        let mut reader = spool.reader().map_err(|e| Failure::Client(BodyError::Io(e)))?;
+                        let mut reader = spool.reader().map_err(Failure::Buffer)?;
                         let req = builder
                             .body(ureq::SendBody::from_reader(&mut reader))
                             .map_err(|_| Failure::BadTarget)?;
@@ -367,6 +369,12 @@ fn failed(ex: Exchange, failure: Failure, duration: &str) -> Outcome {
             super::text(ex, e.status(), &format!("{}\n", e.message()), &[("X-Duration-Seconds", duration)])
         }
         Failure::BadTarget => super::text(ex, 400, "400 Bad Request: invalid request target\n", &[]),
+        Failure::Buffer(e) => {
+            log::error!("{method} {uri}: cannot buffer the request body: {e}");
+            let msg = format!("cannot buffer the request body: {e}\n");
+            let headers = [("X-Duration-Seconds", duration), ("X-OpenFaaS-Internal", "of-watchdog")];
+            super::text(ex, 500, &msg, &headers)
+        }
         Failure::Upstream(e) => {
             let status = match &e {
                 ureq::Error::Timeout(_) => 504,

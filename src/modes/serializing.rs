@@ -55,7 +55,7 @@ impl Handler for Serializing {
         let mut late = false;
         let stdin = call.f.stdin.take();
         let group = std::sync::Arc::clone(&call.f.group);
-        let (io, respond_by) = (&mut call.io, call.respond_by);
+        let (io, respond_by, ends_at) = (&mut call.io, call.respond_by, call.ends_at);
         std::thread::scope(|s| {
             if let Some(mut stdin) = stdin {
                 match input.as_slice() {
@@ -73,7 +73,12 @@ impl Handler for Serializing {
                 }
             }
             loop {
-                match io.next(&mut buf, if late { None } else { respond_by }) {
+                let respond = if late { None } else { respond_by };
+                let deadline = match (respond, ends_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                match io.next(&mut buf, deadline) {
                     Ok(Next::Stdout(n)) => {
                         if output_failed.is_none()
                             && let Err(e) = output.push(&buf[..n])
@@ -84,6 +89,13 @@ impl Handler for Serializing {
                     }
                     Ok(Next::StdoutEnd) | Err(_) => break,
                     Ok(Next::InputDone | Next::StdoutReady(_)) => {}
+                    Ok(Next::Deadline) if ends_at.is_some_and(|t| std::time::Instant::now() >= t) => {
+                        // exec_timeout: stop waiting even if a descendant that left the group
+                        // still holds stdout open.
+                        group.kill_for_timeout();
+                        io.close_stdout();
+                        break;
+                    }
                     Ok(Next::Deadline) => {
                         late = true;
                         group.kill();

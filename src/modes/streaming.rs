@@ -121,7 +121,7 @@ fn full_duplex(
                 Ok(Next::Deadline) if ends_at.is_some_and(|t| std::time::Instant::now() >= t) => {
                     // exec_timeout: the group is killed by the deadline thread; stop waiting for
                     // output even if a descendant that left the group still holds stdout.
-                    group.kill();
+                    group.kill_for_timeout();
                     io.close_stdout();
                     break;
                 }
@@ -291,6 +291,8 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
         {
             reply = gone(reply, &mut call);
         }
+        // Sent: its memory goes back now, not when a long response ends.
+        spool = Spool::new(0);
     }
     while call.io.stdout_open() {
         let waiting = matches!(reply, Reply::Pending(_)) && !state.late;
@@ -322,6 +324,7 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
                     {
                         reply = gone(reply, &mut call);
                     }
+                    spool = Spool::new(0);
                 }
             }
             Ok(Next::Stdout(n)) => {
@@ -334,7 +337,7 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
             Ok(Next::StdoutEnd) | Err(_) => break,
             Ok(Next::InputDone | Next::StdoutReady(_)) => {}
             Ok(Next::Deadline) if call.ends_at.is_some_and(|t| std::time::Instant::now() >= t) => {
-                call.f.group.kill();
+                call.f.group.kill_for_timeout();
                 call.io.close_stdout();
             }
             Ok(Next::Deadline) => {

@@ -174,12 +174,20 @@ impl Watchdog {
         let mut wd = Watchdog { child, port: 0, metrics_port: None, tmpdir, output };
         let log = wd.wait_log("Listening on port: ", STARTUP);
         wd.port = number_after(&log, "Listening on port: ").expect("port in log");
-        wd.metrics_port =
-            wd.output.stderr().lines().find_map(|l| number_after(l, "Metrics listening on port: "));
         if opts.wait_healthy {
             wd.wait_until("GET /_/health == 200", STARTUP, |wd| {
                 try_request(wd.port, "GET", "/_/health", &[], b"").is_some_and(|r| r.status == 200)
             });
+            // The metrics server starts right after the watchdog turns healthy.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while wd.metrics_port.is_none() && Instant::now() < deadline {
+                wd.metrics_port =
+                    wd.output.stderr().lines().find_map(|l| number_after(l, "Metrics listening on port: "));
+                if wd.output.stderr().contains("Metrics server") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         wd
     }

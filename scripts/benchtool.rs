@@ -12,10 +12,23 @@
 //!                                              p50/p99 latency in microseconds
 //!   benchtool upstream PORT                    a fast HTTP/1.1 keep-alive server for http mode:
 //!                                              GET answers "hello world", POST echoes its body
+//!                                              (Content-Length or chunked)
 //!   benchtool probe HOST:PORT SECONDS MS       every MS milliseconds, one POST / (body "ping",
 //!                                              expecting it back) and one GET /_/health, each on
 //!                                              a fresh connection, 5 s timeout: success rates and
 //!                                              latency percentiles (the "other client" under attack)
+//!   benchtool soak HOST:PORT SECONDS CONNS [close]
+//!                                              CONNS keep-alive connections POSTing bodies of
+//!                                              random sizes (0 to 1 MiB, Content-Length or
+//!                                              chunked) to an echo function; every answer is
+//!                                              checked byte for byte. Prints ok/errors. With
+//!                                              `close`, a fresh connection per request, and a
+//!                                              refused connection ends that client (refused, not
+//!                                              an error: for a watchdog that stops accepting)
+//!   benchtool fuzz HOST:PORT CASES SEED        CASES malformed or hostile requests (random
+//!                                              bytes, broken framing, huge or bad fields, cut
+//!                                              bodies), each on a fresh connection; after each
+//!                                              batch of 50, /_/health must answer 200 within 1 s
 //!   benchtool stream-echo HOST:PORT MIB        POSTs MIB MiB (chunked, 1 MiB chunks) from one
 //!                                              thread while another reads the echo back; prints
 //!                                              MB/s (the client costs little next to curl)
@@ -36,6 +49,8 @@ fn main() {
         "upstream" => upstream(arg(1).parse().unwrap_or(5000)),
         "stream-echo" => stream_echo(&arg(1), arg(2).parse().unwrap_or(1024)),
         "probe" => probe(&arg(1), arg(2).parse().unwrap_or(30.0), arg(3).parse().unwrap_or(100)),
+        "soak" => soak(&arg(1), arg(2).parse().unwrap_or(60.0), arg(3).parse().unwrap_or(64), arg(4) == "close"),
+        "fuzz" => fuzz(&arg(1), arg(2).parse().unwrap_or(1000), arg(3).parse().unwrap_or(1)),
         _ => {
             eprintln!(
                 "usage: benchtool spawn-baseline THREADS SECONDS | startup BINARY RUNS PORT | latency HOST:PORT/PATH REQUESTS | upstream PORT | stream-echo HOST:PORT MIB"
@@ -229,6 +244,7 @@ fn serve_upstream(conn: TcpStream) {
         }
         let is_post = line.starts_with("POST");
         let mut length = 0usize;
+        let mut chunked = false;
         loop {
             let mut h = String::new();
             if r.read_line(&mut h).unwrap_or(0) == 0 {
@@ -242,11 +258,34 @@ fn serve_upstream(conn: TcpStream) {
                 if k.eq_ignore_ascii_case("content-length") {
                     length = v.trim().parse().unwrap_or(0);
                 }
+                if k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked") {
+                    chunked = true;
+                }
             }
         }
-        body.resize(length, 0);
-        if r.read_exact(&mut body).is_err() {
-            return;
+        body.clear();
+        if chunked {
+            loop {
+                let mut size = String::new();
+                if r.read_line(&mut size).unwrap_or(0) == 0 {
+                    return;
+                }
+                let Ok(n) = usize::from_str_radix(size.trim(), 16) else { return };
+                let start = body.len();
+                body.resize(start + n, 0);
+                let mut crlf = [0u8; 2];
+                if r.read_exact(&mut body[start..]).is_err() || r.read_exact(&mut crlf).is_err() {
+                    return;
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            body.resize(length, 0);
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
         }
         let payload: &[u8] = if is_post { &body } else { b"hello world" };
         let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n", payload.len());
@@ -386,4 +425,223 @@ fn probe(addr: &str, seconds: f64, every_ms: u64) {
         percentile(&healths, 0.99),
         healths.last().copied().unwrap_or(f64::NAN),
     );
+}
+
+/// A small xorshift generator: reproducible runs from a seed, no crates.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Reads one response (Content-Length or chunked body) from a keep-alive connection.
+fn read_one(r: &mut impl std::io::BufRead) -> Option<(u16, Vec<u8>)> {
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let lower = l.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line).ok()?;
+            let n = usize::from_str_radix(line.trim(), 16).ok()?;
+            let start = body.len();
+            body.resize(start + n, 0);
+            r.read_exact(&mut body[start..]).ok()?;
+            let mut crlf = [0u8; 2];
+            r.read_exact(&mut crlf).ok()?;
+            if n == 0 {
+                break;
+            }
+        }
+    } else if let Some(n) = length {
+        body.resize(n, 0);
+        r.read_exact(&mut body).ok()?;
+    }
+    Some((status, body))
+}
+
+fn soak(addr: &str, seconds: f64, conns: usize, fresh: bool) {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..conns)
+        .map(|i| {
+            let addr = addr.to_string();
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1) * 0x1234_5678_9abc_def1);
+                let (mut ok, mut bad, mut bytes, mut refused) = (0u64, 0u64, 0u64, 0u64);
+                let mut conn: Option<(TcpStream, std::io::BufReader<TcpStream>)> = None;
+                while start.elapsed().as_secs_f64() < seconds {
+                    if conn.is_none() {
+                        let Ok(s) = TcpStream::connect(&addr) else {
+                            if fresh {
+                                refused += 1;
+                                break;
+                            }
+                            bad += 1;
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        };
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                        let Ok(r) = s.try_clone() else { continue };
+                        conn = Some((s, std::io::BufReader::with_capacity(64 * 1024, r)));
+                    }
+                    let Some((w, r)) = conn.as_mut() else { continue };
+                    let size = match rng.below(10) {
+                        0 => 0,
+                        1..=5 => rng.below(1024) as usize,
+                        6..=8 => rng.below(64 * 1024) as usize,
+                        _ => rng.below(1 << 20) as usize,
+                    };
+                    let seed = rng.next();
+                    let body: Vec<u8> = (0..size).map(|j| (seed.wrapping_add(j as u64 * 31) >> 3) as u8).collect();
+                    let chunked = rng.below(3) == 0;
+                    let mut req = Vec::with_capacity(size + 256);
+                    let close = if fresh { "Connection: close\r\n" } else { "" };
+                    if chunked {
+                        req.extend_from_slice(format!("POST /soak HTTP/1.1\r\nHost: soak\r\n{close}Transfer-Encoding: chunked\r\n\r\n").as_bytes());
+                        for piece in body.chunks(16 * 1024) {
+                            req.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                            req.extend_from_slice(piece);
+                            req.extend_from_slice(b"\r\n");
+                        }
+                        req.extend_from_slice(b"0\r\n\r\n");
+                    } else {
+                        req.extend_from_slice(format!("POST /soak HTTP/1.1\r\nHost: soak\r\n{close}Content-Length: {size}\r\n\r\n").as_bytes());
+                        req.extend_from_slice(&body);
+                    }
+                    // Written by a helper while this thread reads: a full-duplex echo of a large
+                    // body answers before the whole body is sent.
+                    let sender = w.try_clone().map(|mut w2| std::thread::spawn(move || w2.write_all(&req).is_ok()));
+                    let got = read_one(r);
+                    let sent = sender.ok().map(|h| h.join().unwrap_or(false)).unwrap_or(false);
+                    match got {
+                        Some((200, echoed)) if sent && echoed == body => {
+                            ok += 1;
+                            bytes += size as u64;
+                            if fresh {
+                                conn = None;
+                            }
+                        }
+                        other => {
+                            bad += 1;
+                            if bad <= 3 {
+                                eprintln!(
+                                    "connection {i}: a {size}-byte body came back as {:?}",
+                                    other.map(|(s, b)| (s, b.len()))
+                                );
+                            }
+                            conn = None;
+                        }
+                    }
+                }
+                (ok, bad, bytes, refused)
+            })
+        })
+        .collect();
+    let (mut ok, mut bad, mut bytes, mut refused) = (0, 0, 0, 0);
+    for h in handles {
+        if let Ok((o, b, n, r)) = h.join() {
+            ok += o;
+            bad += b;
+            bytes += n;
+            refused += r;
+        }
+    }
+    println!("ok={ok} errors={bad} refused={refused} mb={:.0} rps={:.0}", bytes as f64 / 1e6, ok as f64 / seconds);
+}
+
+/// One hostile request: what it sends, and whether it then closes its side.
+fn hostile(rng: &mut Rng) -> (Vec<u8>, bool) {
+    let valid = b"POST /fuzz?x=1 HTTP/1.1\r\nHost: fuzz\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello".to_vec();
+    let mut req = match rng.below(12) {
+        0 => (0..rng.below(2000)).map(|_| rng.next() as u8).collect(),
+        1 => {
+            // Valid, then flipped bytes.
+            let mut v = valid.clone();
+            for _ in 0..1 + rng.below(8) {
+                let i = rng.below(v.len() as u64) as usize;
+                v[i] = rng.next() as u8;
+            }
+            v
+        }
+        2 => valid[..rng.below(valid.len() as u64) as usize].to_vec(),
+        3 => b"GET / HTTP/1.1\r\nHost: fuzz\r\nContent-Length: -1\r\n\r\n".to_vec(),
+        4 => format!("POST / HTTP/1.1\r\nHost: fuzz\r\nContent-Length: {}\r\n\r\nabc", rng.next()).into_bytes(),
+        5 => b"POST / HTTP/1.1\r\nHost: fuzz\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n".to_vec(),
+        6 => b"POST / HTTP/1.1\r\nHost: fuzz\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+        7 => format!("GET /{} HTTP/1.1\r\nHost: fuzz\r\n\r\n", "a".repeat(rng.below(100_000) as usize)).into_bytes(),
+        8 => {
+            let mut v = b"GET / HTTP/1.1\r\nHost: fuzz\r\n".to_vec();
+            for i in 0..rng.below(500) {
+                v.extend_from_slice(format!("X-{i}: {}\r\n", "v".repeat(rng.below(200) as usize)).as_bytes());
+            }
+            v.extend_from_slice(b"\r\n");
+            v
+        }
+        9 => b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(),
+        10 => b"POST / HTTP/1.1\r\nHost: fuzz\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\nab".to_vec(),
+        _ => b"GET / HTTP/1.1\r\nHost: fuzz\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello".to_vec(),
+    };
+    if rng.below(4) == 0 {
+        // Pipelined: the same again behind it.
+        let again = req.clone();
+        req.extend_from_slice(&again);
+    }
+    (req, rng.below(2) == 0)
+}
+
+fn fuzz(addr: &str, cases: usize, seed: u64) {
+    let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
+    let health = b"GET /_/health HTTP/1.1\r\nHost: fuzz\r\nConnection: close\r\n\r\n";
+    let (mut answered, mut closed) = (0u64, 0u64);
+    for case in 0..cases {
+        let (req, half_close) = hostile(&mut rng);
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = s.write_all(&req);
+            if half_close {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            }
+            let mut buf = [0u8; 4096];
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => answered += 1,
+                _ => closed += 1,
+            }
+        }
+        if case % 50 == 49 {
+            let t = Instant::now();
+            match one_shot(addr, health, Duration::from_secs(1)) {
+                Some((200, _)) => {}
+                other => {
+                    println!("FAIL: after case {case}, /_/health gave {:?} in {:?}", other.map(|o| o.0), t.elapsed());
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    println!("cases={cases} answered={answered} closed_or_silent={closed} health=ok");
 }

@@ -545,6 +545,32 @@ impl Connections {
         }
     }
 
+    /// No connection is being answered, has requests waiting, or has received bytes of a request
+    /// since it was last answered (a request tiny_http parsed but no worker has taken yet, or a
+    /// head still arriving). Idle keep-alive connections do not count: they are simply closed.
+    pub(crate) fn quiescent(&self) -> bool {
+        self.refresh();
+        let now = Instant::now();
+        let idle: Vec<(Arc<Socket>, Instant, u64)> = {
+            let table = self.lock();
+            if table.values().any(|c| c.busy || !c.backlog.is_empty()) {
+                return false;
+            }
+            table
+                .values()
+                .filter(|c| !c.cut && c.gone_since.is_none())
+                .filter_map(|c| Some((Arc::clone(c.socket.as_ref()?), c.idle_since, c.requests)))
+                .collect()
+        };
+        idle.iter().all(|(socket, idle_since, requests)| match socket.tcp_info() {
+            // Not established any more: nothing can come from it.
+            Some(info) if info.state != sockets::TCP_ESTABLISHED => true,
+            Some(info) if *requests == 0 => info.bytes_received == 0,
+            Some(info) => u128::from(info.last_data_recv_ms) >= now.duration_since(*idle_since).as_millis(),
+            None => true,
+        })
+    }
+
     /// Closes every websocket relay (the end of a drain).
     pub(crate) fn close_upgraded(&self) {
         let sockets: Vec<Arc<Socket>> =

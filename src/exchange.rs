@@ -202,9 +202,10 @@ impl Exchange {
     ///
     /// A body cut short is an error, never an end: for Content-Length by count (trap 3); for
     /// chunked bodies, tiny_http's decoder reports a connection that ends inside a chunk as a
-    /// clean end, so the end of a chunked body while the client's side of the connection has
-    /// ended too counts as cut short. The sweeper shuts the read side at the deadline, which
-    /// ends a read that waits for a slow client.
+    /// clean end, so the end of a chunked body on a connection the client has closed counts as
+    /// cut short (a client that half-closes right after its last chunk is taken for one that
+    /// died: HTTP clients wait for the answer with the connection open). The sweeper shuts the
+    /// read side at the deadline, which ends a read that waits for a slow client.
     pub(crate) fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, BodyError> {
         if self.body_done || buf.is_empty() {
             return Ok(0);
@@ -256,11 +257,12 @@ impl Exchange {
         Ok(n)
     }
 
-    /// tiny_http's chunked decoder returned end of body: a real last chunk, unless the client's
-    /// side of the connection has ended as well (it died mid-upload, or the deadline shut it).
+    /// tiny_http's chunked decoder returned end of body: a real last chunk, unless the client
+    /// has closed the connection (it died mid-upload). tiny_http shutting the read side after
+    /// a `Connection: close` request does not count: the connection stays established.
     fn chunked_end_is_real(&self) -> bool {
         match self.info.peer.and_then(|p| self.conns.socket(p)) {
-            Some(socket) => !socket.read_side_ended(),
+            Some(socket) => !socket.peer_closed(),
             // Without our own view of the connection, trust the decoder.
             None => true,
         }
@@ -398,9 +400,12 @@ fn into_writer(
             req.into_writer()
         }
     };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(take)) {
+    let caught =
+        crate::logging::expecting_panic(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(take)));
+    match caught {
         Ok(w) => w,
         Err(_) => {
+            log::info!("closing the connection of a request whose Content-Length cannot be drained");
             conns.abort(peer);
             Box::new(io::sink())
         }
@@ -458,6 +463,8 @@ pub(crate) fn refuse(refused: Refused, conns: &Connections) {
             "{}: refusing a request that announced a {n}-byte body",
             peer.map(|p| p.to_string()).unwrap_or_default()
         );
+        refuse_undrainable(req, &rejection, conns);
+        return;
     }
     let preloaded = rejection != Rejection::HeadersTooLarge
         && !rejection.breaks_framing()
@@ -478,6 +485,34 @@ pub(crate) fn refuse(refused: Refused, conns: &Connections) {
     );
     let mut w = into_writer(req, remaining, conns, peer);
     let _ = w.write_all(out.as_bytes()).and_then(|()| w.flush());
+}
+
+/// A request whose declared body no drain could survive (trap 1): beyond `isize::MAX` the
+/// drain's buffer cannot even be asked for, and the panic that follows would leak the request's
+/// writer if it came while `into_writer` returns (Rust drops the locals of a function whose
+/// destructor panics, not its return value), leaving the next request on the connection
+/// waiting for it forever. So the answer goes straight on the socket, the connection is shut,
+/// and the request is taken apart with `upgrade`, which moves its reader and writer into one
+/// struct: dropping that drops the writer even when the reader's drop panics.
+fn refuse_undrainable(req: Request, rejection: &Rejection, conns: &Connections) {
+    let peer = req.remote_addr().copied();
+    let body = rejection.message();
+    if let Some(socket) = peer.and_then(|p| conns.socket(p)) {
+        let out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nDate: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            rejection.status(),
+            reason(rejection.status()),
+            clock::http_date_now(),
+            body.len()
+        );
+        let _ = socket.send_all(out.as_bytes());
+    }
+    conns.abort(peer);
+    // Its answer fails on the shut connection; what matters is the teardown.
+    let stream = req.upgrade("close", tiny_http::Response::empty(rejection.status()));
+    let _ = crate::logging::expecting_panic(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(stream)))
+    });
 }
 
 /// Without our own view of the connection (no /proc), a request whose body is unread is

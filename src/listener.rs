@@ -177,6 +177,9 @@ fn supervise(
 /// death sends no error through the request queue.
 pub(crate) fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
+        if crate::logging::panic_expected() {
+            return;
+        }
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("<unnamed>");
         let msg = info

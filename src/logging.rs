@@ -39,6 +39,24 @@ pub(crate) fn init(fmt: LogFormat) {
         .try_init();
 }
 
+thread_local! {
+    static PANIC_EXPECTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, whose panic is an expected outcome handled by the caller: the panic hook then
+/// leaves it out of the log.
+pub(crate) fn expecting_panic<R>(f: impl FnOnce() -> R) -> R {
+    PANIC_EXPECTED.with(|p| p.set(true));
+    let result = f();
+    PANIC_EXPECTED.with(|p| p.set(false));
+    result
+}
+
+/// Whether the current thread is inside `expecting_panic`.
+pub(crate) fn panic_expected() -> bool {
+    PANIC_EXPECTED.with(|p| p.get())
+}
+
 /// A structured value for JSON log fields.
 pub(crate) enum Field<'a> {
     Str(&'a str),

@@ -197,8 +197,11 @@ fn shutdown(wd: &Watchdog, acceptor: &Acceptor, events: &Receiver<Event>, signal
     }
     acceptor.stop();
     log::info!("No new connections allowed, draining: {} requests", wd.limiter.in_flight());
+    // Done when no call is in flight and no connection holds a request not yet answered (one
+    // tiny_http has parsed but no worker has taken counts too), as Go's Shutdown waits for
+    // every connection to go idle; websocket sessions hold places, so they keep it waiting.
     let drain_until = Instant::now() + wd.config.write_timeout;
-    while wd.limiter.in_flight() > 0 && Instant::now() < drain_until {
+    while (wd.limiter.in_flight() > 0 || !wd.connections.quiescent()) && Instant::now() < drain_until {
         if let Some(Event::Fatal(why)) = wait_event(events, Some(Instant::now() + DRAIN_POLL)) {
             return fatal(wd, &why);
         }

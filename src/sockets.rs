@@ -223,7 +223,7 @@ pub(crate) struct TcpInfo {
     pub(crate) last_data_recv_ms: u32,
 }
 
-const TCP_ESTABLISHED: u8 = 1;
+pub(crate) const TCP_ESTABLISHED: u8 = 1;
 const TCP_CLOSE_WAIT: u8 = 8;
 
 /// Our own descriptor of an accepted connection (decision D2): a duplicate of tiny_http's, so it
@@ -384,15 +384,10 @@ impl Socket {
         self.tcp_info().is_some_and(|i| i.state == TCP_ESTABLISHED || i.state == TCP_CLOSE_WAIT)
     }
 
-    /// The peer has finished sending (its FIN arrived, or our read side was shut) and no byte of
-    /// it is waiting to be read from the kernel.
-    pub(crate) fn read_side_ended(&self) -> bool {
-        let mut byte = 0u8;
-        // SAFETY: a one-byte buffer; MSG_PEEK leaves the data where it is.
-        let n = unsafe {
-            libc::recv(self.raw(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-        };
-        n == 0
+    /// The peer has closed or reset the connection: its FIN or RST arrived. (A read side shut by
+    /// tiny_http or by us leaves the connection established.)
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.tcp_info().is_some_and(|i| i.state != TCP_ESTABLISHED)
     }
 }
 

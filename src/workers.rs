@@ -206,23 +206,27 @@ impl Receivers {
 
     fn run(self: Arc<Self>) {
         while let Some(arrival) = self.take() {
-            match arrival {
-                Arrival::Serve(turn) => {
-                    self.idle.fetch_sub(1, Ordering::AcqRel);
-                    if self.idle.load(Ordering::Acquire) < self.spare
-                        && !self.retired.load(Ordering::Acquire)
-                        && let Err(e) = self.spawn()
-                    {
-                        log::error!("cannot start a worker thread: {e}");
-                    }
-                    self.workers.serve(turn);
-                    self.idle.fetch_add(1, Ordering::AcqRel);
-                }
-                Arrival::Waiting => {}
-                Arrival::Discard(req) | Arrival::Recheck(req) => drop(req),
+            if let Arrival::Waiting = arrival {
+                continue;
             }
+            // Busy from here on, whatever it is: spare threads are the ones waiting.
+            self.idle.fetch_sub(1, Ordering::AcqRel);
+            if self.idle.load(Ordering::Acquire) < self.spare
+                && !self.retired.load(Ordering::Acquire)
+                && let Err(e) = self.spawn()
+            {
+                log::error!("cannot start a worker thread: {e}");
+            }
+            match arrival {
+                Arrival::Serve(turn) => self.workers.serve(turn),
+                Arrival::Discard(req) | Arrival::Recheck(req) => drop(req),
+                Arrival::Waiting => {}
+            }
+            self.idle.fetch_add(1, Ordering::AcqRel);
         }
         self.workers.threads.fetch_sub(1, Ordering::AcqRel);
+        crate::modes::IoBuffer::release();
+        crate::alloc::release_own_stack();
     }
 
     /// Waits for the baton, then for a request; `None`: this thread ends.

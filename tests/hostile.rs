@@ -46,6 +46,23 @@ fn huge_declared_bodies_held_open_cannot_crash_the_watchdog() {
 }
 
 #[test]
+fn pipelined_requests_with_undrainable_lengths_leave_no_thread_stuck() {
+    let wd = Watchdog::start(&[("fprocess", "cat")]);
+    for _ in 0..5 {
+        let mut s = wd.connect();
+        let one = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9270237145493852071\r\n\r\nabc";
+        s.write_all(&[&one[..], &one[..]].concat()).expect("send");
+        let (raw, closed) = read_until_closed(&mut s, Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 413") && closed, "{text:?}");
+    }
+    let (status, took) = timed_health(wd.port);
+    assert_eq!(status, Some(200));
+    assert!(took < Duration::from_millis(500), "health took {took:?}");
+    assert_eq!(wd.post("/", b"fine").text(), "fine");
+}
+
+#[test]
 fn a_pipelining_connection_does_not_delay_anyone_elses_health_or_calls() {
     let dir = TempDir::new("pipeline");
     let slow = dir.script("slow", "[ \"$Http_Path\" = /slow ] && sleep 10; echo ok");

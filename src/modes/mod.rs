@@ -77,6 +77,11 @@ impl IoBuffer {
     pub(crate) fn take() -> IoBuffer {
         IoBuffer(SPARE_BUFFER.with(|b| b.take()).unwrap_or_else(|| vec![0u8; IO_BUFFER]))
     }
+
+    /// Frees this thread's spare buffer (the thread is about to end).
+    pub(crate) fn release() {
+        SPARE_BUFFER.with(|b| drop(b.take()));
+    }
 }
 
 impl Drop for IoBuffer {

@@ -215,7 +215,7 @@ fn python_http_server_files_come_back_byte_for_byte() {
 #[test]
 fn node_sse_events_arrive_as_they_are_sent() {
     if std::process::Command::new("node").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: node is not installed");
+        skip("node is not installed");
         return;
     }
     let dir = TempDir::new("sse");

@@ -95,7 +95,7 @@ fn inner_pid(wd: &Watchdog) -> u32 {
 #[test]
 fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
     if !pid_namespaces_work() {
-        eprintln!("SKIPPED: unshare --pid needs root or user namespaces");
+        skip("unshare --pid needs root or user namespaces");
         return;
     }
     let dir = TempDir::new("pid1");

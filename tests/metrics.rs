@@ -99,7 +99,7 @@ fn a_busy_metrics_port_is_logged_and_functions_are_still_served() {
 #[test]
 fn promtool_accepts_the_exposition() {
     let Ok(out) = Command::new("promtool").arg("--version").output() else {
-        eprintln!("SKIPPED: promtool is not installed (Debian package prometheus; .ci/run installs it)");
+        skip("promtool is not installed (Debian package prometheus; .ci/run installs it)");
         return;
     };
     assert!(out.status.success());
@@ -149,7 +149,7 @@ fn prometheus_query(port: u16, query: &str) -> Option<f64> {
 #[test]
 fn a_real_prometheus_scrapes_the_watchdog() {
     if Command::new("prometheus").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: prometheus is not installed (Debian package prometheus; .ci/run installs it)");
+        skip("prometheus is not installed (Debian package prometheus; .ci/run installs it)");
         return;
     }
     let wd = Watchdog::start(&[("fprocess", "cat")]);

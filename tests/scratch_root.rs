@@ -57,12 +57,12 @@ fn the_static_binary_serves_from_an_empty_root_as_pid_1() {
     }
     assert!(is_static(&static_bin), "{STATIC_BIN} is not statically linked");
     let Some(busybox) = find_busybox() else {
-        eprintln!("SKIPPED: busybox is not installed (Debian package busybox-static; .ci/run installs it)");
+        skip("busybox is not installed (Debian package busybox-static; .ci/run installs it)");
         return;
     };
     assert!(is_static(&busybox), "{} must be the static busybox (busybox-static)", busybox.display());
     if !can_isolate() {
-        eprintln!("SKIPPED: unshare --net --pid needs root");
+        skip("unshare --net --pid needs root");
         return;
     }
 

@@ -531,6 +531,15 @@ pub fn read_pid(path: &Path) -> u32 {
     pid
 }
 
+/// A test cannot run here because a tool is missing: says so ("SKIPPED: ..."), or fails when
+/// `FWATCHDOG_REQUIRE_ALL` is set (CI installs every tool, so nothing may be skipped there).
+pub fn skip(why: &str) {
+    if std::env::var_os("FWATCHDOG_REQUIRE_ALL").is_some() {
+        panic!("FWATCHDOG_REQUIRE_ALL is set but this test would be skipped: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
 /// Whether this process may create mount namespaces (root); prints why a test is skipped if not.
 pub fn can_mount() -> bool {
     let ok = Command::new("unshare")
@@ -545,7 +554,7 @@ pub fn can_mount() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("SKIPPED: cannot mount a tmpfs in a mount namespace (needs root; CI runs as root)");
+        skip("cannot mount a tmpfs in a mount namespace (needs root; CI runs as root)");
     }
     ok
 }
@@ -567,7 +576,7 @@ pub fn have_python_module(module: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("SKIPPED: python3 cannot import {module} (pip install it; .ci/run does)");
+        skip(&format!("python3 cannot import {module} (pip install it; .ci/run does)"));
     }
     ok
 }
@@ -577,7 +586,7 @@ pub fn have_node_module(name: &str) -> bool {
     let node = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
     let module = std::path::Path::new(&interop(&format!("node_modules/{name}"))).is_dir();
     if !(node && module) {
-        eprintln!("SKIPPED: needs node and `npm install` in tests/interop ({name}); .ci/run does it");
+        skip(&format!("needs node and `npm install` in tests/interop ({name}); .ci/run does it"));
     }
     node && module
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: format and lint checks, the static build (the chroot test runs
-# it), unit and integration tests through the real binary, and the public conformance suite
-# when ../shared/conformance exists.
+# it), unit and integration tests through the real binary, the examples check, and the public
+# conformance suite when ../shared/conformance exists. It takes several minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,8 @@ cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
 scripts/build-static.sh
 cargo test --release --no-fail-fast
+# The deployment examples: Kubernetes schema and Pod Security, the OpenFaaS stack file.
+python3 scripts/check_examples.py
 
 # The suite lives next to the checkout (../shared/conformance); a clone elsewhere points to it
 # with CONFORMANCE_DIR.

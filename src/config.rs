@@ -94,6 +94,28 @@ impl Config {
         if self.max_inflight > 0 { self.max_inflight } else { self.max_workers }
     }
 
+    /// Startup line: how many calls run at once and what happens beyond.
+    pub(crate) fn concurrency_line(&self) -> String {
+        if self.max_inflight > 0 {
+            format!("Concurrency: max_inflight: {} calls at a time, 429 beyond", self.max_inflight)
+        } else {
+            format!(
+                "Concurrency: max_inflight: 0 (unset), max_workers: {} calls at a time, 429 beyond",
+                self.max_workers
+            )
+        }
+    }
+
+    /// Startup line: log format and what `/_/ready` asks.
+    pub(crate) fn logging_line(&self) -> String {
+        let format = match self.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        let ready = self.ready_path.as_deref().unwrap_or("(none: /_/ready follows /_/health)");
+        format!("Log format: {format}\tready_path: {ready}")
+    }
+
     /// The reference's startup line: `Timeouts: read: 10s write: 1m30s hard: 2.5s health: 1m30s`.
     pub(crate) fn timeouts_line(&self) -> String {
         format!(
@@ -114,6 +136,21 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Options of the classic watchdog that users bring along, and what fwatchdog does instead.
+const IGNORED_CLASSIC: [(&str, &str); 6] = [
+    ("combine_output", "stderr goes to the log, never into the response"),
+    ("marshal_request", "the function reads the request body as it is"),
+    ("write_debug", "response bodies are not logged"),
+    ("read_debug", "request bodies are not logged"),
+    ("cgi_headers", "request headers always reach fork-mode functions as Http_* variables"),
+    ("debug_headers", "request headers are not logged"),
+];
+
+/// The log format asked for, read on its own so that a configuration error is reported in it.
+pub(crate) fn log_format_of(value: Option<&str>) -> LogFormat {
+    if value == Some("json") { LogFormat::Json } else { LogFormat::Text }
 }
 
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -335,6 +372,13 @@ where
             LogFormat::Text
         }
     };
+
+    for (name, what) in IGNORED_CLASSIC {
+        if let Some((name, value)) = env.get(&[name]) {
+            env.warnings
+                .push(format!("{name}={value:?} is a classic-watchdog option fwatchdog ignores: {what}"));
+        }
+    }
 
     let config = Config {
         mode,

@@ -524,7 +524,7 @@ impl Connections {
         match cut {
             Cut::HeadTimeout { partial } => {
                 if partial {
-                    log::info!("{peer}: request not received within read_timeout; closing the connection");
+                    log::warn!("{peer}: request not received within read_timeout; closing the connection");
                     socket.send_now(TIMEOUT_408);
                 }
                 socket.shutdown(libc::SHUT_RDWR);
@@ -535,11 +535,11 @@ impl Connections {
                 socket.shutdown(libc::SHUT_RDWR);
             }
             Cut::BodyTimeout => {
-                log::info!("{peer}: request body not received within read_timeout");
+                log::warn!("{peer}: request body not received within read_timeout");
                 socket.shutdown(libc::SHUT_RD);
             }
             Cut::ResponseTimeout => {
-                log::info!("{peer}: response not complete within write_timeout; closing the connection");
+                log::warn!("{peer}: response not complete within write_timeout; closing the connection");
                 socket.shutdown(libc::SHUT_RDWR);
             }
         }

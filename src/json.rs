@@ -23,19 +23,29 @@ pub(crate) fn push_str(out: &mut String, s: &str) {
 }
 
 /// True if `text` is exactly one JSON object (surrounding white space allowed).
+#[cfg(test)]
 pub(crate) fn is_object(text: &str) -> bool {
-    let b = text.trim().as_bytes();
+    object_keys(text).is_some()
+}
+
+/// The top-level keys of `text` as written (escapes left as they are), if it is exactly one JSON
+/// object (surrounding white space allowed).
+pub(crate) fn object_keys(text: &str) -> Option<Vec<&str>> {
+    let t = text.trim();
+    let b = t.as_bytes();
     if b.first() != Some(&b'{') {
-        return false;
+        return None;
     }
-    let mut p = Parser { b, i: 0, depth: 0 };
-    p.value() && p.i == b.len()
+    let mut p = Parser { b, i: 0, depth: 0, keys: Vec::new() };
+    (p.value() && p.i == b.len()).then(|| p.keys.iter().map(|&(s, e)| &t[s..e]).collect())
 }
 
 struct Parser<'a> {
     b: &'a [u8],
     i: usize,
     depth: u32,
+    /// Spans of the outermost object's keys, quotes excluded.
+    keys: Vec<(usize, usize)>,
 }
 
 impl Parser<'_> {
@@ -86,8 +96,13 @@ impl Parser<'_> {
         loop {
             if object {
                 self.ws();
+                let start = self.i + 1;
                 if !(self.string() && self.eat(b':')) {
                     return false;
+                }
+                if self.depth == 1 {
+                    let end = self.b[..self.i].iter().rposition(|&c| c == b'"').unwrap_or(start);
+                    self.keys.push((start, end.max(start)));
                 }
             }
             if !self.value() {
@@ -204,5 +219,15 @@ mod tests {
         ] {
             assert!(!is_object(no), "{no}");
         }
+    }
+
+    #[test]
+    fn lists_top_level_keys_only() {
+        assert_eq!(
+            object_keys(r#" {"a": {"b": 1}, "c\"d" : [ {"e": 2} ], "": 0} "#),
+            Some(vec!["a", r#"c\"d"#, ""])
+        );
+        assert_eq!(object_keys("{}"), Some(vec![]));
+        assert_eq!(object_keys("[1]"), None);
     }
 }

@@ -140,7 +140,13 @@ pub(crate) fn request_line(rec: &CallRecord<'_>) {
         ("call_id", Field::Str(rec.call_id.unwrap_or(""))),
     ];
     let n = if rec.call_id.is_some() { fields.len() } else { fields.len() - 1 };
-    write_stderr(render(log::Level::Info, &msg, &fields[..n]).as_bytes());
+    // Text lines look the same at every level; JSON readers can filter timeouts and failures.
+    let level = match rec.status {
+        408 | 504 => log::Level::Warn,
+        500.. => log::Level::Error,
+        _ => log::Level::Info,
+    };
+    write_stderr(render(level, &msg, &fields[..n]).as_bytes());
 }
 
 /// go-units `HumanSize`: decimal units, `%.4g`: `13B`, `1.024kB`, `1.5MB`.
@@ -276,9 +282,10 @@ impl FunctionLog {
 fn write_function_line(stream: Stream, prefix: bool, line: &[u8]) {
     let text = String::from_utf8_lossy(line);
     let rendered = match format() {
-        // A function that already logs JSON objects keeps its own structure.
-        LogFormat::Json if json::is_object(&text) => format!("{text}\n"),
-        LogFormat::Json => render(log::Level::Info, &text, &[("stream", Field::Str(stream.name()))]),
+        LogFormat::Json => match json::object_keys(&text) {
+            Some(keys) => own_json_line(text.trim(), &keys, stream),
+            None => render(log::Level::Info, &text, &[("stream", Field::Str(stream.name()))]),
+        },
         LogFormat::Text if prefix => format!("{} {}: {}\n", clock::log_stamp(), stream.name(), text),
         LogFormat::Text => format!("{text}\n"),
     };
@@ -290,9 +297,46 @@ fn write_function_line(stream: Stream, prefix: bool, line: &[u8]) {
     }
 }
 
+/// A function that already logs JSON objects keeps its own structure; `time` and `stream` are
+/// added in front when it has no such keys, so every line can be ordered and attributed.
+fn own_json_line(object: &str, keys: &[&str], stream: Stream) -> String {
+    let mut out = String::with_capacity(object.len() + 64);
+    out.push('{');
+    if !keys.contains(&"time") {
+        out.push_str("\"time\":");
+        json::push_str(&mut out, &clock::rfc3339_now());
+        out.push(',');
+    }
+    if !keys.contains(&"stream") {
+        out.push_str("\"stream\":");
+        json::push_str(&mut out, stream.name());
+        out.push(',');
+    }
+    let rest = &object[1..];
+    if keys.is_empty() && out.ends_with(',') {
+        out.pop();
+    }
+    out.push_str(rest);
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_json_lines_gain_time_and_stream_only_when_missing() {
+        let line = own_json_line(r#"{"msg":"x"}"#, &["msg"], Stream::Stderr);
+        assert!(
+            line.starts_with(r#"{"time":""#) && line.ends_with(",\"stream\":\"stderr\",\"msg\":\"x\"}\n"),
+            "{line}"
+        );
+        let kept = r#"{"time":"t","stream":"s","a":1}"#;
+        assert_eq!(own_json_line(kept, &["time", "stream", "a"], Stream::Stdout), format!("{kept}\n"));
+        let empty = own_json_line("{}", &[], Stream::Stdout);
+        assert!(empty.ends_with(",\"stream\":\"stdout\"}\n") && json::is_object(&empty), "{empty}");
+    }
 
     #[test]
     fn human_sizes_match_go_units() {

@@ -62,6 +62,10 @@ fn main() {
                 1
             }
         }
+        cli::Command::Help => {
+            println!("{}", cli::USAGE);
+            0
+        }
         cli::Command::Usage(why) => {
             eprintln!("fwatchdog: {why}\n{}", cli::USAGE);
             2
@@ -76,7 +80,7 @@ fn serve() -> i32 {
     let (config, warnings) = match config::from_env(env) {
         Ok(parsed) => parsed,
         Err(e) => {
-            logging::init(config::LogFormat::Text);
+            logging::init(config::log_format_of(std::env::var("log_format").ok().as_deref()));
             log::error!("Error loading config: {e}");
             return 1;
         }

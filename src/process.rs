@@ -198,6 +198,45 @@ impl Children {
 }
 
 /// The first executable `program` in the directories of PATH.
+/// What a startup check finds about the program `fprocess` names.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Program {
+    Runnable,
+    /// A path that does not exist (it may still appear before the first call).
+    Missing(String),
+    /// Nothing can make it run: not on PATH, a directory, or without execute permission.
+    Unusable(String),
+}
+
+/// Checks `program` as the spawn will find it: on PATH when it has no `/`, else as a path.
+pub(crate) fn check_program(program: &str) -> Program {
+    if !program.contains('/') {
+        return match search_path(program) {
+            Some(_) => Program::Runnable,
+            None => Program::Unusable(format!(
+                "{program:?} is not an executable file in any PATH directory ({})",
+                std::env::var("PATH").unwrap_or_default()
+            )),
+        };
+    }
+    match std::fs::metadata(program) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Program::Missing(format!("{program} does not exist"))
+        }
+        Err(e) => Program::Unusable(format!("{program}: {e}")),
+        Ok(meta) if meta.is_dir() => Program::Unusable(format!("{program} is a directory")),
+        Ok(_) if !executable(program) => Program::Unusable(format!("{program} is not executable (chmod +x)")),
+        Ok(_) => Program::Runnable,
+    }
+}
+
+/// Whether this process may execute `path` (permission bits, ACLs and noexec mounts included).
+fn executable(path: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(path) else { return false };
+    // SAFETY: c is a valid NUL-terminated string.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+}
+
 fn search_path(program: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH")?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::connections::Connections;
 use crate::duration::format_go;
 use crate::lifecycle::{Lifecycle, Signals, signal_name};
@@ -27,6 +27,8 @@ use crate::workers::Workers;
 const ORPHAN_SWEEP: Duration = Duration::from_millis(100);
 /// How often the drain looks at the in-flight count.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// A second signal this soon after the first is the same one delivered twice.
+const SIGNAL_ECHO: Duration = Duration::from_millis(200);
 
 /// Runs the watchdog until it is told to stop; returns the exit status.
 pub(crate) fn run(config: Config) -> i32 {
@@ -52,6 +54,20 @@ pub(crate) fn run(config: Config) -> i32 {
 
     log::info!("{}", crate::cli::version_line());
     log::info!("Watchdog mode: {}\tfprocess: {:?}", config.mode.name(), config.fprocess);
+    if let Some(program) = config.argv.first() {
+        match process::check_program(program) {
+            process::Program::Runnable => {}
+            // SPEC §4: a fork-mode function that cannot be started is a 500 per call; a missing
+            // file may still be mounted or written before the first call.
+            process::Program::Missing(why) if config.mode != Mode::Http => {
+                log::error!("fprocess: {why}; calls will fail with 500 until it does");
+            }
+            process::Program::Missing(why) | process::Program::Unusable(why) => {
+                log::error!("fprocess cannot run: {why}");
+                return 1;
+            }
+        }
+    }
     let handler = match modes::build(&config) {
         Ok(h) => h,
         Err(e) => {
@@ -105,6 +121,8 @@ pub(crate) fn run(config: Config) -> i32 {
         }
     };
     log::info!("{}", wd.config.timeouts_line());
+    log::info!("{}", wd.config.concurrency_line());
+    log::info!("{}", wd.config.logging_line());
     log::info!("Listening on port: {port}");
 
     if let Err(e) = wd.handler.wait_ready(&wd) {
@@ -183,15 +201,34 @@ fn fatal(wd: &Watchdog, why: &str) -> i32 {
     1
 }
 
+/// A second SIGTERM or SIGINT during the drain (a second Ctrl-C) ends the watchdog at once,
+/// with the shell's code for death by that signal. One sent within `SIGNAL_ECHO` of the first
+/// is the same signal delivered twice (`timeout(1)` signals the child and then its group).
+fn second_signal(wd: &Watchdog, sig: i32, first: Instant) -> Option<i32> {
+    if first.elapsed() < SIGNAL_ECHO {
+        return None;
+    }
+    log::warn!("{} again: exiting now, {} calls cut short", signal_name(sig), wd.limiter.in_flight());
+    wd.connections.close_upgraded();
+    wd.handler.kill();
+    wd.children.kill_all();
+    Some(128 + sig)
+}
+
 fn shutdown(wd: &Watchdog, acceptor: &Acceptor, events: &Receiver<Event>, signal: i32) -> i32 {
     let interval = wd.config.healthcheck_interval;
     log::info!("{}: no new connections in {}", signal_name(signal), format_go(interval));
     wd.lifecycle.begin_drain();
-    let until = Instant::now() + interval;
+    let first = Instant::now();
+    let until = first + interval;
     loop {
         match wait_event(events, Some(until)) {
             Some(Event::Fatal(why)) => return fatal(wd, &why),
-            Some(Event::Signal(sig)) => log::info!("{}: already shutting down", signal_name(sig)),
+            Some(Event::Signal(sig)) => {
+                if let Some(code) = second_signal(wd, sig, first) {
+                    return code;
+                }
+            }
             None => break,
         }
     }
@@ -202,8 +239,14 @@ fn shutdown(wd: &Watchdog, acceptor: &Acceptor, events: &Receiver<Event>, signal
     // every connection to go idle; websocket sessions hold places, so they keep it waiting.
     let drain_until = Instant::now() + wd.config.write_timeout;
     while (wd.limiter.in_flight() > 0 || !wd.connections.quiescent()) && Instant::now() < drain_until {
-        if let Some(Event::Fatal(why)) = wait_event(events, Some(Instant::now() + DRAIN_POLL)) {
-            return fatal(wd, &why);
+        match wait_event(events, Some(Instant::now() + DRAIN_POLL)) {
+            Some(Event::Fatal(why)) => return fatal(wd, &why),
+            Some(Event::Signal(sig)) => {
+                if let Some(code) = second_signal(wd, sig, first) {
+                    return code;
+                }
+            }
+            None => {}
         }
     }
     // Websocket sessions held their places through the drain; now they end.

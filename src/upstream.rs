@@ -148,6 +148,14 @@ impl Upstream {
             let _ = running.exited.recv_timeout(Duration::from_secs(2));
         }
     }
+
+    /// SIGKILL to the upstream's process group, without waiting.
+    pub(crate) fn kill(&self) {
+        if let Some(running) = self.state.get() {
+            running.stopping.store(true, Ordering::Release);
+            running.group.kill();
+        }
+    }
 }
 
 fn relay(name: &'static str, mut pipe: impl Read + Send + 'static, mut log: FunctionLog) {

@@ -33,6 +33,92 @@ fn unknown_arguments_print_usage_and_exit_2() {
 }
 
 #[test]
+fn help_prints_usage_on_stdout_and_exits_0() {
+    let dir = TempDir::new("help");
+    for flag in ["-h", "-help", "--help"] {
+        let (code, out, err) = run_bin(&[flag], &[], &dir.0);
+        assert_eq!(code, 0, "{flag}: {err}");
+        assert!(out.starts_with("Usage: fwatchdog") && out.contains("upstream_url"), "{flag}: {out}");
+    }
+}
+
+#[test]
+fn with_log_format_json_a_fatal_configuration_error_is_json_too() {
+    let dir = TempDir::new("fatal-json");
+    let (code, _, err) =
+        run_bin(&[], &[("log_format", "json"), ("mode", "afterburn"), ("fprocess", "cat")], &dir.0);
+    assert_eq!(code, 1);
+    let line = err.trim();
+    assert!(line.starts_with("{\"time\":\"") && line.ends_with('}'), "{line}");
+    assert_eq!(json_field(line, "level").as_deref(), Some("error"), "{line}");
+    assert!(json_field(line, "msg").is_some_and(|m| m.contains("unknown mode \"afterburn\"")), "{line}");
+}
+
+#[test]
+fn an_fprocess_that_cannot_run_fails_at_startup() {
+    let dir = TempDir::new("noexec");
+    let not_exec = dir.path("handler.sh");
+    std::fs::write(&not_exec, "#!/bin/sh\necho hi\n").expect("write");
+    let not_exec = not_exec.display().to_string();
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("fprocess", "no-such-program-xyz arg")],
+            "\"no-such-program-xyz\" is not an executable file in any PATH",
+        ),
+        (&[("fprocess", &not_exec)], "is not executable (chmod +x)"),
+        (&[("fprocess", "/")], "/ is a directory"),
+        (&[("mode", "serializing"), ("fprocess", &not_exec)], "is not executable"),
+        (
+            &[("mode", "http"), ("fprocess", "/no/such/server"), ("upstream_url", "http://127.0.0.1:1")],
+            "/no/such/server does not exist",
+        ),
+    ];
+    for (env, needle) in cases {
+        let (code, _, err) = run_bin(&[], env, &dir.0);
+        assert_eq!(code, 1, "{env:?}: {err}");
+        assert!(
+            err.contains("fprocess cannot run: ") && err.contains(needle),
+            "{env:?}: {needle:?} not in {err}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_fork_function_file_is_an_error_line_then_500_per_call() {
+    let dir = TempDir::new("later");
+    let path = dir.path("appears-later.sh").display().to_string();
+    let mut wd = Watchdog::start(&[("fprocess", &path)]);
+    wd.wait_log(&format!("fprocess: {path} does not exist; calls will fail with 500"), STARTUP);
+    assert_eq!(wd.post("/", b"").status, 500);
+    dir.script("appears-later.sh", "echo now-here");
+    assert_eq!(wd.post("/", b"").text(), "now-here\n");
+}
+
+#[test]
+fn startup_lines_name_concurrency_log_format_and_ready_path() {
+    let mut wd = Watchdog::start(&[("fprocess", "cat"), ("max_workers", "7"), ("ready_path", "/ready")]);
+    wd.wait_log("Concurrency: max_inflight: 0 (unset), max_workers: 7 calls at a time, 429 beyond", STARTUP);
+    wd.wait_log("Log format: text\tready_path: /ready", STARTUP);
+    let mut wd = Watchdog::start(&[("fprocess", "cat"), ("max_inflight", "3")]);
+    wd.wait_log("Concurrency: max_inflight: 3 calls at a time, 429 beyond", STARTUP);
+}
+
+#[test]
+fn classic_watchdog_options_get_one_warning_each() {
+    let classic =
+        ["combine_output", "marshal_request", "write_debug", "read_debug", "cgi_headers", "debug_headers"];
+    let mut env: Vec<(&str, &str)> = classic.iter().map(|k| (*k, "true")).collect();
+    env.push(("fprocess", "cat"));
+    let mut wd = Watchdog::start(&env);
+    wd.wait_log("Listening on port", STARTUP);
+    let err = wd.output.stderr();
+    for option in classic {
+        let needle = format!("{option}=\"true\" is a classic-watchdog option fwatchdog ignores: ");
+        assert_eq!(err.matches(&needle).count(), 1, "{option}: {err}");
+    }
+}
+
+#[test]
 fn fatal_configuration_exits_1_with_one_clear_line() {
     let dir = TempDir::new("fatal");
     let cases: &[(&[(&str, &str)], &str)] = &[

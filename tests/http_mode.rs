@@ -41,6 +41,7 @@ class H(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Connection", "X-Secret, keep-alive")
         self.send_header("X-Secret", "hop-by-hop")
+        self.send_header("x-request-id", "abc")
         self.send_header("Keep-Alive", "timeout=5")
         self.send_header("Content-Length", str(len(out)))
         self.end_headers()
@@ -109,6 +110,14 @@ fn methods_targets_and_headers_are_relayed_but_hop_by_hop_headers_are_not() {
     for hop in ["X-Private", "TE", "Keep-Alive"] {
         assert_eq!(upstream_header(&text, hop), None, "{hop} must not reach the upstream: {text}");
     }
+    // Response header names come back in canonical form, as the Go watchdog writes them.
+    let mut s = wd.connect();
+    s.write_all(b"GET /names HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let (raw, _) = read_until_closed(&mut s, Duration::from_secs(30));
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.contains("\r\nContent-Type: application/json\r\n"), "{raw}");
+    assert!(!raw.contains("\r\ncontent-type:"), "{raw}");
+    assert!(raw.contains("\r\nX-Request-Id: abc\r\n"), "{raw}");
     // The upstream's hop-by-hop headers do not reach the client either.
     assert_eq!(r.header("X-Secret"), None, "{:?}", r.headers);
     assert_eq!(r.header("Keep-Alive"), None);
@@ -124,6 +133,15 @@ fn bodies_keep_their_framing() {
     let text = wd.get("/none").text();
     assert_eq!((json_field(&text, "body_len"), json_field(&text, "chunked")), (Some("0"), Some("false")));
     assert_eq!(upstream_header(&text, "Transfer-Encoding"), None, "{text}");
+    // Bodiless POST and PUT (no framing at all), and an explicit `Content-Length: 0` on any
+    // method: `Content-Length: 0` upstream, never an empty chunked body.
+    for (method, framing) in [("POST", ""), ("PUT", ""), ("PATCH", ""), ("DELETE", "Content-Length: 0\r\n")] {
+        let mut s = wd.connect();
+        write!(s, "{method} /empty HTTP/1.1\r\nHost: x\r\n{framing}Connection: close\r\n\r\n").expect("send");
+        let text = read_response(&mut BufReader::new(s), false).expect("response").text();
+        assert_eq!(upstream_header(&text, "Content-Length"), Some("0"), "{method}: {text}");
+        assert_eq!(upstream_header(&text, "Transfer-Encoding"), None, "{method}: {text}");
+    }
     // Content-Length: sent with that Content-Length, small and large.
     for size in [10usize, 300_000] {
         let text = wd.post("/cl", &vec![b'x'; size]).text();

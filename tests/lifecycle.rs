@@ -115,3 +115,33 @@ fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
     unsafe { kill(pid as i32, SIGTERM) };
     assert_eq!(wd.wait_exit(Duration::from_secs(10)), Some(0), "{}", wd.output.all());
 }
+
+#[test]
+fn a_second_signal_during_the_drain_exits_at_once() {
+    let dir = TempDir::new("twice");
+    let pidfile = dir.path("fn.pid");
+    let f = dir.script("f", &format!("echo $$ > {}; exec sleep 30", pidfile.display()));
+    let mut wd =
+        Watchdog::start(&[("fprocess", &f), ("healthcheck_interval", "30"), ("write_timeout", "40")]);
+    let port = wd.port;
+    let _call = std::thread::spawn(move || try_request(port, "POST", "/", &[], b""));
+    let pid = read_pid(&pidfile);
+    wd.signal(SIGINT);
+    wd.wait_log("SIGINT: no new connections in 30s", STARTUP);
+    // Past the window in which a repeat counts as the same signal delivered twice.
+    std::thread::sleep(Duration::from_millis(600));
+    let t0 = Instant::now();
+    wd.signal(SIGINT);
+    assert_eq!(wd.wait_exit(Duration::from_secs(10)), Some(130), "{}", wd.output.all());
+    assert!(t0.elapsed() < Duration::from_secs(5), "exit took {:?}", t0.elapsed());
+    wd.wait_log("SIGINT again: exiting now, 1 calls cut short", STARTUP);
+    wait_for("the function to be killed at exit", Duration::from_secs(5), || !pid_running(pid));
+}
+
+#[test]
+fn a_signal_delivered_twice_at_once_still_drains() {
+    let mut wd = Watchdog::start(&[("fprocess", "cat"), ("healthcheck_interval", "1")]);
+    wd.signal(SIGTERM);
+    wd.signal(SIGTERM);
+    assert_eq!(wd.wait_exit(Duration::from_secs(10)), Some(0), "{}", wd.output.all());
+}

@@ -95,7 +95,8 @@ fn json_log_format_makes_every_line_one_object() {
     let lines = wd.output.lines(true);
     for line in &lines {
         assert!(
-            json_object_with(line, &["time", "level", "msg"]) || line == "{\"own\":\"json\"}",
+            json_object_with(line, &["time", "level", "msg"])
+                || json_object_with(line, &["time", "stream", "own"]),
             "not a JSON log line: {line}"
         );
     }
@@ -111,5 +112,37 @@ fn json_log_format_makes_every_line_one_object() {
     }
     let fn_line = lines.iter().find(|l| l.contains("plain stderr line")).expect("function line");
     assert!(fn_line.contains("\"stream\":\"stderr\""), "{fn_line}");
-    assert!(lines.iter().any(|l| l == "{\"own\":\"json\"}"), "a function's own JSON line is kept as it is");
+    let own = lines.iter().find(|l| l.contains("\"own\":\"json\"")).expect("the function's JSON line");
+    assert!(
+        own.starts_with("{\"time\":\"") && own.ends_with(",\"stream\":\"stderr\",\"own\":\"json\"}"),
+        "a function's own JSON line keeps its fields and gains time and stream: {own}"
+    );
+}
+
+#[test]
+fn json_levels_mark_timeouts_and_failures() {
+    let dir = TempDir::new("levels");
+    let f = dir.script(
+        "f",
+        "cat >/dev/null; case \"$Http_Path\" in /fail) exit 3;; /slow) sleep 10;; esac; echo ok",
+    );
+    let mut wd = Watchdog::start(&[
+        ("fprocess", &f),
+        ("mode", "serializing"),
+        ("log_format", "json"),
+        ("exec_timeout", "1s"),
+    ]);
+    for path in ["/fine", "/fail", "/slow"] {
+        wd.post(path, b"x");
+    }
+    let level = |wd: &mut Watchdog, path: &str| {
+        let line = wd.wait_log(&format!("\"path\":\"{path}\""), STARTUP);
+        json_field(&line, "level").unwrap_or_default()
+    };
+    assert_eq!(level(&mut wd, "/fine"), "info");
+    assert_eq!(level(&mut wd, "/fail"), "error");
+    // A serializing call that times out is a 500 (SPEC §4): an error line, after a warning.
+    assert_eq!(level(&mut wd, "/slow"), "error");
+    let killed = wd.wait_log("killed by ExecTimeout", STARTUP);
+    assert_eq!(json_field(&killed, "level").as_deref(), Some("warn"), "{killed}");
 }

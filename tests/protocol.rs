@@ -193,3 +193,30 @@ fn responses_carry_no_tiny_http_server_header() {
         assert!(r.header("Date").is_some());
     }
 }
+
+/// A known limit (README, ENGINEERING trap 12, tiny-http #267): tiny_http 0.12 refuses a head
+/// with a byte outside ASCII and closes the connection before the watchdog sees a request, so
+/// there is no answer and no log line. What must hold: nothing else is affected, and the
+/// percent-encoded forms clients should send work.
+#[test]
+fn non_ascii_bytes_in_the_head_close_only_that_connection() {
+    let wd = Watchdog::start(&[("fprocess", "cat")]);
+    let heads: [&[u8]; 2] = [
+        b"GET / HTTP/1.1\r\nHost: x\r\ncf-region: S\xc3\xa3o Paulo\r\n\r\n",
+        b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    for head in heads {
+        let mut s = wd.connect();
+        s.write_all(head).expect("send");
+        let (bytes, closed) = read_until_closed(&mut s, Duration::from_secs(20));
+        assert!(closed, "the connection stays open");
+        assert!(
+            bytes.is_empty(),
+            "tiny_http now answers: update the README: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    assert_eq!(wd.get("/caf%C3%A9").status, 200);
+    assert_eq!(wd.request("GET", "/", &[("cf-region", "S%C3%A3o Paulo")], b"").status, 200);
+    assert_eq!(wd.get("/_/health").status, 200);
+}

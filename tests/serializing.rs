@@ -36,10 +36,12 @@ fn large_input_and_output_survive_the_spools() {
 fn nonzero_exit_is_500_with_the_reason_and_no_output() {
     let dir = TempDir::new("exit");
     let f = dir.script("f", "cat >/dev/null; echo partial-output; exit 3");
-    let wd = Watchdog::start(&[("fprocess", &f), ("mode", "serializing")]);
+    let wd =
+        Watchdog::start(&[("fprocess", &f), ("mode", "serializing"), ("content_type", "application/json")]);
     let r = wd.post("/", b"x");
     assert_eq!((r.status, r.text().as_str()), (500, "exit status 3"));
     assert!(r.header("X-Duration-Seconds").is_some());
+    assert_eq!(r.header("Content-Type"), Some("application/json"), "errors carry content_type (SPEC §4)");
 }
 
 #[test]
@@ -60,6 +62,7 @@ fn exec_timeout_is_500_without_partial_output() {
     let wd = Watchdog::start(&[("fprocess", &f), ("mode", "serializing"), ("exec_timeout", "500ms")]);
     let r = wd.post("/", b"");
     assert_eq!(r.status, 500);
+    assert_eq!(r.header("Content-Type"), Some("application/octet-stream"));
     assert!(!r.text().contains("partial"), "{}", r.text());
     assert!(r.text().contains("timeout of 500ms"), "{}", r.text());
     assert!(r.elapsed < Duration::from_secs(5));

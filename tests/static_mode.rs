@@ -27,6 +27,8 @@ fn site() -> Site {
         ("sub/index.html", b"<p>sub</p>"),
         ("sub/page.html", b"<p>page</p>"),
         ("empty/a.txt", b"A"),
+        ("sub/deep/x.txt", b"X"),
+        ("a:b/x.txt", b"X"),
         (".env", b"SECRET_ENV=1"),
         (".git/config", b"[core] SECRET"),
         ("with space.txt", b"spaced"),
@@ -73,10 +75,13 @@ fn directories_serve_index_html_and_redirect_to_their_slash() {
     let s = site();
     assert_eq!(s.wd.get("/").text(), "<h1>home</h1>");
     assert_eq!(s.wd.get("/sub/").text(), "<p>sub</p>");
+    // Relative, so that behind the gateway /function/site/sub goes to /function/site/sub/.
     let r = s.wd.get("/sub?x=1");
-    assert_eq!((r.status, r.header("Location")), (301, Some("/sub/?x=1")));
+    assert_eq!((r.status, r.header("Location")), (301, Some("sub/?x=1")));
     let r = s.wd.get("//sub");
-    assert_eq!(r.header("Location"), Some("/sub/"), "never a protocol-relative //host redirect");
+    assert_eq!(r.header("Location"), Some("sub/"), "never a protocol-relative //host redirect");
+    assert_eq!(s.wd.get("/sub/deep").header("Location"), Some("deep/"));
+    assert_eq!(s.wd.get("/a:b").header("Location"), Some("./a:b/"), "not a URL with scheme a:");
     let r = s.wd.get("/sub/index.html");
     assert_eq!((r.status, r.header("Location")), (301, Some("./")));
 }

@@ -62,7 +62,7 @@ pub(super) fn end(call: Call, wd: &Watchdog, buf: &mut [u8]) -> Ended {
     let (timed_out, killed_by_us) = (f.group.timed_out(), f.group.killed());
     let status = wd.children.finish(f);
     if timed_out {
-        log::info!("Function was killed by ExecTimeout: {}", format_go(limit.unwrap_or_default()));
+        log::warn!("Function was killed by ExecTimeout: {}", format_go(limit.unwrap_or_default()));
     }
     Ended { status, timed_out, killed_by_us }
 }

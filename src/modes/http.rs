@@ -153,6 +153,10 @@ impl Handler for Http {
         self.upstream.stop();
     }
 
+    fn kill(&self) {
+        self.upstream.kill();
+    }
+
     fn relays_upgrades(&self) -> bool {
         true
     }
@@ -180,12 +184,15 @@ impl Handler for Http {
         } else {
             parts.headers.get("content-length").and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
         };
-        let mut headers: Vec<(&str, &str)> = parts
+        // ureq hands header names over in lower case; they go back in the canonical form the Go
+        // watchdog writes (`Content-Type`, `X-Request-Id`).
+        let named: Vec<(String, &str)> = parts
             .headers
             .iter()
             .filter(|(name, _)| *name != "content-length" && !hop_by_hop(name.as_str(), &tokens))
-            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+            .filter_map(|(name, value)| Some((crate::cgi::canonical(name.as_str()), value.to_str().ok()?)))
             .collect();
+        let mut headers: Vec<(&str, &str)> = named.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         headers.push(("X-Duration-Seconds", &duration));
 
         let mut reader = body.into_reader();
@@ -202,7 +209,7 @@ impl Handler for Http {
                         }
                     }
                     Err(e) => {
-                        log::info!("reading the upstream's response failed: {e}");
+                        log::warn!("reading the upstream's response failed: {e}");
                         return respond_error(ex, 502, &duration);
                     }
                 }
@@ -217,7 +224,7 @@ impl Handler for Http {
             }
             Err(Broken::Client) => stream.abort(status),
             Err(Broken::Upstream(e)) => {
-                log::info!("the upstream's response broke off after {} bytes: {e}", stream.sent());
+                log::warn!("the upstream's response broke off after {} bytes: {e}", stream.sent());
                 // End the client's connection too, so it cannot take a truncated body as whole.
                 stream.abort(status)
             }
@@ -278,6 +285,14 @@ impl Http {
         let configure = Timing { limit, respond_by };
         let buffer = wd.config.buffer_body || ex.info.preloaded;
         let result = match ex.info.framing {
+            Framing::Empty if ex.header("content-length").is_some() || sends_body(&ex.info.method) => {
+                // An empty body the client framed (`Content-Length: 0`), or a POST, PUT or PATCH
+                // without one: `Content-Length: 0`, as Go's client sends, never an empty chunked
+                // body (a server may not read chunked bodies at all).
+                let req =
+                    builder.header("content-length", 0).body(&[][..]).map_err(|_| Failure::BadTarget)?;
+                self.agent.run(configure.apply(&self.agent, req))
+            }
             Framing::Empty => {
                 let req = builder.body(()).map_err(|_| Failure::BadTarget)?;
                 self.agent.run(configure.apply(&self.agent, req))
@@ -335,6 +350,11 @@ impl Http {
     }
 }
 
+/// Methods whose requests carry a body, even an empty one.
+fn sends_body(method: &str) -> bool {
+    matches!(method, "POST" | "PUT" | "PATCH")
+}
+
 /// The call's time limits, as ureq timeouts.
 struct Timing {
     limit: Option<Duration>,
@@ -383,8 +403,8 @@ fn failed(ex: Exchange, failure: Failure, duration: &str) -> Outcome {
                 _ => 502,
             };
             match status {
-                504 => log::info!("Upstream HTTP killed due to exec_timeout: {method} {uri}"),
-                _ => log::info!("Upstream HTTP request error: {method} {uri}: {e}"),
+                504 => log::warn!("Upstream HTTP killed due to exec_timeout: {method} {uri}"),
+                _ => log::error!("Upstream HTTP request error: {method} {uri}: {e}"),
             }
             respond_error(ex, status, duration)
         }

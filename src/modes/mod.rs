@@ -42,6 +42,9 @@ pub(crate) trait Handler: Send + Sync {
     /// After the drain (http mode: stop the upstream).
     fn shutdown(&self, _wd: &Watchdog) {}
 
+    /// Ends what the mode keeps running, at once (a second signal during the drain).
+    fn kill(&self) {}
+
     /// `Upgrade` requests are relayed as websockets (http mode), not handled as calls.
     fn relays_upgrades(&self) -> bool {
         false

@@ -112,8 +112,11 @@ impl Handler for Serializing {
         }
         if ended.timed_out || !ended.status.success() {
             let reason = fork::failure(&ended, limit);
-            log::info!("{} {}: {reason}", ex.info.method, ex.info.uri);
-            return super::text(ex, 500, &reason, &timing);
+            log::warn!("{} {}: {reason}", ex.info.method, ex.info.uri);
+            // The reference sets the configured Content-Type before it knows the outcome.
+            let headers = [("Content-Type", wd.config.content_type.as_str()), timing[0]];
+            let bytes = ex.respond(500, &headers, reason.as_bytes());
+            return super::Outcome { status: 500, bytes };
         }
         if let Some(e) = output_failed {
             return super::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &timing);

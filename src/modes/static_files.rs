@@ -222,10 +222,12 @@ impl Handler for StaticFiles {
         };
         let file_path = if resolved.is_dir() {
             if !trailing_slash {
-                let mut location: String =
-                    segs.iter().map(|s| format!("/{}", percent_encode_segment(s))).collect();
-                location.push('/');
-                location.push_str(&query);
+                // Relative, as the reference's FileServer answers, so the redirect stays inside
+                // the function behind the gateway's /function/<name>/ prefix.
+                let last = segs.last().map(|s| percent_encode_segment(s)).unwrap_or_default();
+                // `a:b/` would read as a URL with scheme `a`.
+                let dot = if last.contains(':') { "./" } else { "" };
+                let location = format!("{dot}{last}/{query}");
                 return reply(ex, 301, &[("Location", &location)], "");
             }
             let index = resolved.join("index.html");

@@ -237,7 +237,7 @@ fn finish_stream(
         return Outcome { status: 200, bytes: stream.abort(200) };
     }
     if !ended.status.success() {
-        log::info!("function failed after its response started: {}", fork::failure(ended, limit));
+        log::warn!("function failed after its response started: {}", fork::failure(ended, limit));
         let crashed = ended.status.signal().is_some() && !ended.timed_out && !ended.killed_by_us;
         if crashed {
             return Outcome { status: 200, bytes: stream.abort(200) };

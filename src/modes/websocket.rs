@@ -79,7 +79,7 @@ pub(crate) fn start(wd: &Arc<Watchdog>, mut ex: Exchange) -> Routed {
             } else {
                 500
             };
-            log::info!("Upstream websocket handshake failed: {} {}: {e}", ex.info.method, ex.info.uri);
+            log::warn!("Upstream websocket handshake failed: {} {}: {e}", ex.info.method, ex.info.uri);
             let duration = crate::duration::seconds_f6(started.elapsed());
             let headers = [("X-Duration-Seconds", duration.as_str()), ("X-OpenFaaS-Internal", "of-watchdog")];
             let (method, uri, call_id, received) =
@@ -244,7 +244,7 @@ fn answer_refusal(
     };
     let _ = up.shutdown(Shutdown::Both);
     if !complete {
-        log::info!("the upstream's answer to an upgrade broke off");
+        log::warn!("the upstream's answer to an upgrade broke off");
     }
     let duration = crate::duration::seconds_f6(started.elapsed());
     let mut headers: Vec<(String, &str)> = head

@@ -631,7 +631,7 @@ pub fn run_helper(program: &str, args: &[&str], timeout: Duration) -> String {
 /// The raw text of the value of `"key":` in a flat JSON object (strings unquoted).
 pub fn json_field(json: &str, key: &str) -> Option<String> {
     let start = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = &json[start..];
+    let rest = json[start..].trim_start();
     if let Some(s) = rest.strip_prefix('"') {
         let mut out = String::new();
         let mut chars = s.chars();

@@ -1,0 +1,3 @@
+module fwatchdog/interop/go_app
+
+go 1.19

@@ -24,7 +24,7 @@ Everything else is configured through environment variables, for example:
   upstream_url                 http mode: where the function's own server listens
   port, metrics_port           8080 and 8081
   read_timeout, write_timeout  30s each; exec_timeout 30s (0: none); healthcheck_interval
-  max_inflight, max_workers    calls at a time (0: max_workers, 1024), 429 beyond
+  max_inflight, max_workers    calls at a time; unset: max_workers (1024) run, as many wait
   content_type, static_path, ready_path, suppress_lock, http_buffer_req_body,
   prefix_logs, log_buffer_size, log_callid, log_format (text or json)
 

@@ -100,7 +100,7 @@ impl Config {
             format!("Concurrency: max_inflight: {} calls at a time, 429 beyond", self.max_inflight)
         } else {
             format!(
-                "Concurrency: max_inflight: 0 (unset), max_workers: {} calls at a time, 429 beyond",
+                "Concurrency: max_inflight: 0 (unset), max_workers: {0} calls at a time, {0} more waiting, 429 beyond",
                 self.max_workers
             )
         }

@@ -37,6 +37,9 @@ use crate::sockets::{self, Socket};
 const MAX_BACKLOG: usize = 256;
 /// How often the sweeper looks at every connection.
 const TICK: Duration = Duration::from_millis(250);
+/// At most this many empty connections per sweep to wake tiny_http's pool (`kick`).
+const MAX_KICKS: usize = 256;
+const KICK_CONNECT: Duration = Duration::from_millis(200);
 /// Go's `DefaultMaxHeaderBytes`, as the reference uses: more than this without a complete head
 /// gets 431.
 const MAX_HEAD: u64 = 1 << 20;
@@ -102,6 +105,9 @@ struct Conn {
     created: Instant,
     /// Since when no scan found tiny_http holding it.
     gone_since: Option<Instant>,
+    /// At the last sweep it had bytes waiting in the kernel and no request yet: no tiny_http
+    /// thread may be reading it (`kick`).
+    unread: bool,
 }
 
 impl Conn {
@@ -119,6 +125,7 @@ impl Conn {
             seen: None,
             created: now,
             gone_since: None,
+            unread: false,
         }
     }
 }
@@ -138,6 +145,8 @@ struct Watched {
     requests: u64,
     /// Busy with a request whose body is read.
     busy: bool,
+    /// Its `Conn::unread`.
+    unread: bool,
     last: Option<(u64, bool, u64)>,
 }
 
@@ -445,14 +454,23 @@ impl Connections {
                     idle_since: conn.idle_since,
                     requests,
                     busy: conn.busy,
+                    unread: conn.unread,
                     last: conn.seen,
                 });
             }
         }
         // Then what needs TCP_INFO, outside the lock.
         let mut seen = Vec::with_capacity(watch.len());
+        let mut unread = Vec::new();
+        let mut stalled = 0;
         for w in watch {
             let Some(info) = w.socket.tcp_info() else { continue };
+            if w.requests == 0 && !w.busy && info.bytes_received > 0 && w.socket.unread() > 0 {
+                unread.push(w.socket.peer);
+                if w.unread {
+                    stalled += 1;
+                }
+            }
             // Bytes received since this phase (idle, or busy with its body read) began: the
             // baseline is set when the sweeper first sees the phase, and kept while it lasts. A
             // connection with no request yet has received nothing but its first head.
@@ -495,6 +513,12 @@ impl Connections {
             for (peer, view) in seen {
                 if let Some(conn) = table.get_mut(&peer) {
                     conn.seen = Some(view);
+                    conn.unread = false;
+                }
+            }
+            for peer in unread {
+                if let Some(conn) = table.get_mut(&peer) {
+                    conn.unread = true;
                 }
             }
             for d in decisions {
@@ -516,7 +540,34 @@ impl Connections {
         for d in act {
             self.apply(&d.socket, d.cut);
         }
+        if stalled > 0 {
+            self.kick(stalled);
+        }
         self.lock().values().any(|c| c.busy)
+    }
+
+    /// Wakes tiny_http's connection pool for `stalled` connections that no thread of it reads.
+    ///
+    /// tiny_http hands each accepted connection to a pool task that lives as long as the
+    /// connection. When a burst of connections arrives, its pool can queue tasks behind threads
+    /// it counts as idle but has already woken for earlier tasks; the queued connections then
+    /// wait until some other connection closes (with keep-alive clients, possibly never: their
+    /// first request would get our 408 after read_timeout). Every new connection makes the
+    /// pool start a thread or wake one, and either takes the oldest queued task next, so one
+    /// empty connection of our own per stalled connection gets each of them a thread.
+    fn kick(&self, stalled: usize) {
+        log::debug!("{stalled} connections wait for a tiny_http thread; waking its pool");
+        let targets = [
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, self.port)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.port)),
+        ];
+        for _ in 0..stalled.min(MAX_KICKS) {
+            let connected =
+                targets.iter().any(|t| std::net::TcpStream::connect_timeout(t, KICK_CONNECT).is_ok());
+            if !connected {
+                break;
+            }
+        }
     }
 
     fn apply(&self, socket: &Socket, cut: Cut) {

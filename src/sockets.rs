@@ -379,6 +379,14 @@ impl Socket {
         })
     }
 
+    /// Bytes received that nobody has read yet.
+    pub(crate) fn unread(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        let rc = unsafe { libc::ioctl(self.raw(), libc::FIONREAD, &mut n) };
+        if rc == 0 { usize::try_from(n).unwrap_or(0) } else { 0 }
+    }
+
     /// Still a live connection (not closed on our side).
     pub(crate) fn is_open(&self) -> bool {
         self.tcp_info().is_some_and(|i| i.state == TCP_ESTABLISHED || i.state == TCP_CLOSE_WAIT)

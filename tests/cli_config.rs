@@ -97,7 +97,10 @@ fn a_missing_fork_function_file_is_an_error_line_then_500_per_call() {
 #[test]
 fn startup_lines_name_concurrency_log_format_and_ready_path() {
     let mut wd = Watchdog::start(&[("fprocess", "cat"), ("max_workers", "7"), ("ready_path", "/ready")]);
-    wd.wait_log("Concurrency: max_inflight: 0 (unset), max_workers: 7 calls at a time, 429 beyond", STARTUP);
+    wd.wait_log(
+        "Concurrency: max_inflight: 0 (unset), max_workers: 7 calls at a time, 7 more waiting, 429 beyond",
+        STARTUP,
+    );
     wd.wait_log("Log format: text\tready_path: /ready", STARTUP);
     let mut wd = Watchdog::start(&[("fprocess", "cat"), ("max_inflight", "3")]);
     wd.wait_log("Concurrency: max_inflight: 3 calls at a time, 429 beyond", STARTUP);

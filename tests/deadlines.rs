@@ -104,6 +104,48 @@ fn an_active_keep_alive_connection_stays_open_past_read_timeout() {
     }
 }
 
+/// tiny_http gives each new connection a task in its thread pool; in a burst, tasks can queue
+/// behind threads it counts as idle, and a queued keep-alive connection is read by nobody until
+/// another one closes. Every connection of a burst must be served, well before read_timeout.
+#[test]
+fn every_connection_of_a_burst_of_keep_alive_clients_is_served() {
+    const CLIENTS: usize = 96;
+    let wd = Watchdog::start(&[("fprocess", "cat"), ("read_timeout", "2")]);
+    let port = wd.port;
+    let gate = Arc::new(std::sync::Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let gate = Arc::clone(&gate);
+            std::thread::spawn(move || -> Result<usize, String> {
+                gate.wait();
+                let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+                s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+                let mut w = s.try_clone().map_err(|e| e.to_string())?;
+                let mut r = std::io::BufReader::new(s);
+                let start = Instant::now();
+                let mut n = 0;
+                // Busy for longer than read_timeout, on the one connection.
+                while start.elapsed() < Duration::from_millis(3500) {
+                    let body = format!("client {i} request {n}");
+                    write!(w, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                        .map_err(|e| format!("request {n}: {e}"))?;
+                    let got = read_response(&mut r, false).ok_or(format!("request {n}: no answer"))?;
+                    if got.status != 200 || got.text() != body {
+                        return Err(format!("request {n}: {} {:?}", got.status, got.text()));
+                    }
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().expect("client thread")).collect();
+    let failed: Vec<_> =
+        results.iter().enumerate().filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e))).collect();
+    assert!(failed.is_empty(), "{} of {CLIENTS} clients failed: {failed:?}", failed.len());
+}
+
 #[test]
 fn a_head_over_one_mebibyte_gets_431() {
     let wd = Watchdog::start(&[("fprocess", "cat")]);

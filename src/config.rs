@@ -76,6 +76,14 @@ pub(crate) struct Config {
     pub(crate) max_inflight: usize,
     /// Worker threads when `max_inflight` is 0.
     pub(crate) max_workers: usize,
+    /// How long a call may wait for a `max_inflight` place; zero: 429 at once.
+    pub(crate) queue_timeout: Duration,
+    /// Calls that may wait for a place at once.
+    pub(crate) queue_size: usize,
+    /// Fork modes: the function's stderr goes into the response with its stdout.
+    pub(crate) combine_output: bool,
+    /// Serializing mode: the function reads the classic JSON envelope instead of the body.
+    pub(crate) marshal_request: bool,
     pub(crate) content_type: String,
     pub(crate) static_path: PathBuf,
     pub(crate) suppress_lock: bool,
@@ -96,7 +104,14 @@ impl Config {
 
     /// Startup line: how many calls run at once and what happens beyond.
     pub(crate) fn concurrency_line(&self) -> String {
-        if self.max_inflight > 0 {
+        if self.max_inflight > 0 && !self.queue_timeout.is_zero() {
+            format!(
+                "Concurrency: max_inflight: {} calls at a time, {} more wait up to {} (queue_size, queue_timeout), 429 beyond",
+                self.max_inflight,
+                self.queue_size,
+                duration::format_go(self.queue_timeout)
+            )
+        } else if self.max_inflight > 0 {
             format!("Concurrency: max_inflight: {} calls at a time, 429 beyond", self.max_inflight)
         } else {
             format!(
@@ -139,9 +154,7 @@ impl fmt::Display for ConfigError {
 }
 
 /// Options of the classic watchdog that users bring along, and what fwatchdog does instead.
-const IGNORED_CLASSIC: [(&str, &str); 6] = [
-    ("combine_output", "stderr goes to the log, never into the response"),
-    ("marshal_request", "the function reads the request body as it is"),
+const IGNORED_CLASSIC: [(&str, &str); 4] = [
     ("write_debug", "response bodies are not logged"),
     ("read_debug", "request bodies are not logged"),
     ("cgi_headers", "request headers always reach fork-mode functions as Http_* variables"),
@@ -320,6 +333,26 @@ where
     let max_workers =
         env.number(&["max_workers"], DEFAULT_MAX_WORKERS, |n| (1..=MAX_WORKERS_LIMIT).contains(&n));
 
+    let mut queue_timeout = to_duration(env.duration("queue_timeout", 0).max(0));
+    if !queue_timeout.is_zero() && max_inflight == 0 {
+        env.warnings.push(
+            "queue_timeout is set but max_inflight is not: calls beyond max_workers get 429 at once".into(),
+        );
+        queue_timeout = Duration::ZERO;
+    }
+    if queue_timeout >= write_timeout {
+        let capped = write_timeout.saturating_sub(Duration::from_millis(100)).max(Duration::from_millis(1));
+        env.warnings.push(format!(
+            "queue_timeout {} is not shorter than write_timeout {}: a call could wait until its 504; using {}",
+            duration::format_go(queue_timeout),
+            duration::format_go(write_timeout),
+            duration::format_go(capped)
+        ));
+        queue_timeout = capped;
+    }
+    let default_queue = (4 * max_inflight).clamp(1, MAX_WORKERS_LIMIT);
+    let queue_size = env.number(&["queue_size"], default_queue, |n| (1..=MAX_WORKERS_LIMIT).contains(&n));
+
     let content_type = match env.get(&["content_type"]) {
         Some((_, v)) if valid_header_value(v) => v.to_string(),
         Some((name, v)) => {
@@ -373,6 +406,21 @@ where
         }
     };
 
+    let fork_mode = matches!(mode, Mode::Streaming | Mode::Serializing);
+    let mut combine_output = env.boolean(&["combine_output"], false, true);
+    if combine_output && !fork_mode {
+        env.warnings.push(
+            "combine_output applies to the streaming and serializing modes; the upstream's stderr is logged"
+                .into(),
+        );
+        combine_output = false;
+    }
+    let mut marshal_request = env.boolean(&["marshal_request"], false, true);
+    if marshal_request && mode != Mode::Serializing {
+        env.warnings.push("marshal_request applies to mode=serializing only; ignored".into());
+        marshal_request = false;
+    }
+
     for (name, what) in IGNORED_CLASSIC {
         if let Some((name, value)) = env.get(&[name]) {
             env.warnings
@@ -393,6 +441,10 @@ where
         healthcheck_interval,
         max_inflight,
         max_workers,
+        queue_timeout,
+        queue_size,
+        combine_output,
+        marshal_request,
         content_type,
         static_path,
         suppress_lock,

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::connections::Turn;
 use crate::exchange::{self, Exchange};
+use crate::limiter::Refusal;
 use crate::logging::{self, CallRecord};
 use crate::modes::Outcome;
 use crate::watchdog::Watchdog;
@@ -45,11 +46,28 @@ pub(crate) fn route(workers: &Workers, turn: Turn) -> Routed {
     if ex.info.upgrade.is_some() && wd.handler.relays_upgrades() {
         return crate::modes::websocket::start(&workers.wd, ex);
     }
-    let Some(slot) = wd.limiter.try_acquire() else {
-        ex.count_as_call(None, Arc::clone(&wd.metrics));
-        let max = wd.limiter.max();
-        busy(ex, &format!("Concurrent request limit exceeded. Max concurrent requests: {max}\n"));
-        return Routed::Done;
+    let slot = match wd.limiter.acquire() {
+        Ok((slot, waited)) => {
+            if wd.limiter.queues() {
+                wd.metrics.observe_queue_wait(waited);
+            }
+            slot
+        }
+        Err(Refusal::Busy) => {
+            ex.count_as_call(None, Arc::clone(&wd.metrics));
+            let max = wd.limiter.max();
+            busy(ex, &format!("Concurrent request limit exceeded. Max concurrent requests: {max}\n"));
+            return Routed::Done;
+        }
+        Err(Refusal::Closing) => {
+            ex.count_as_call(None, Arc::clone(&wd.metrics));
+            ex.respond(
+                503,
+                &[("Content-Type", "text/plain; charset=utf-8")],
+                b"The watchdog is shutting down\n",
+            );
+            return Routed::Done;
+        }
     };
     ex.count_as_call(Some(slot), Arc::clone(&wd.metrics));
     if workers.claim() {

@@ -26,6 +26,7 @@ mod config;
 mod connections;
 mod dispatch;
 mod duration;
+mod envelope;
 mod exchange;
 mod json;
 mod lifecycle;

@@ -29,6 +29,8 @@ struct Series {
 pub(crate) struct Metrics {
     /// (method label, status code) → series; ordered so the exposition is stable.
     series: Mutex<BTreeMap<(&'static str, u16), Series>>,
+    /// Waits for a `max_inflight` place of the calls that got one (with `queue_timeout`).
+    queue_wait: Mutex<Series>,
     limiter: Arc<Limiter>,
 }
 
@@ -51,7 +53,7 @@ fn method_label(method: &str) -> &'static str {
 
 impl Metrics {
     pub(crate) fn new(limiter: Arc<Limiter>) -> Metrics {
-        Metrics { series: Mutex::new(BTreeMap::new()), limiter }
+        Metrics { series: Mutex::new(BTreeMap::new()), queue_wait: Mutex::new(Series::default()), limiter }
     }
 
     /// Records one finished function call.
@@ -65,6 +67,41 @@ impl Metrics {
         if let Some(i) = bucket {
             s.buckets[i] += 1;
         }
+    }
+
+    /// Records how long an admitted call waited in the queue.
+    pub(crate) fn observe_queue_wait(&self, waited: Duration) {
+        let secs = waited.as_secs_f64();
+        let bucket = BUCKETS.iter().position(|b| secs <= *b);
+        let mut s = self.queue_wait.lock().unwrap_or_else(PoisonError::into_inner);
+        s.count += 1;
+        s.sum += secs;
+        if let Some(i) = bucket {
+            s.buckets[i] += 1;
+        }
+    }
+
+    /// The queue's series, when there is a queue.
+    fn render_queue(&self, out: &mut String) {
+        if !self.limiter.queues() {
+            return;
+        }
+        out.push_str("# HELP fwatchdog_queue_length Calls waiting for a max_inflight place.\n");
+        out.push_str("# TYPE fwatchdog_queue_length gauge\n");
+        let _ = writeln!(out, "fwatchdog_queue_length {}", self.limiter.waiting());
+        let s = self.queue_wait.lock().unwrap_or_else(PoisonError::into_inner);
+        out.push_str(
+            "# HELP fwatchdog_queue_wait_seconds Seconds admitted calls waited for a max_inflight place.\n",
+        );
+        out.push_str("# TYPE fwatchdog_queue_wait_seconds histogram\n");
+        let mut cumulative = 0;
+        for (i, le) in BUCKET_LABELS.iter().enumerate() {
+            cumulative += s.buckets[i];
+            let _ = writeln!(out, "fwatchdog_queue_wait_seconds_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "fwatchdog_queue_wait_seconds_bucket{{le=\"+Inf\"}} {}", s.count);
+        let _ = writeln!(out, "fwatchdog_queue_wait_seconds_sum {}", s.sum);
+        let _ = writeln!(out, "fwatchdog_queue_wait_seconds_count {}", s.count);
     }
 
     /// The whole exposition.
@@ -109,6 +146,7 @@ impl Metrics {
         out.push_str("# HELP http_requests_in_flight The number of function calls being served.\n");
         out.push_str("# TYPE http_requests_in_flight gauge\n");
         let _ = writeln!(out, "http_requests_in_flight {}", self.limiter.in_flight());
+        self.render_queue(&mut out);
         process_metrics(&mut out);
         out
     }
@@ -259,7 +297,7 @@ mod tests {
 
     #[test]
     fn histogram_is_cumulative_with_inf_equal_to_count() {
-        let m = Metrics::new(Limiter::new(0));
+        let m = Metrics::new(Limiter::new(0, Duration::ZERO, 0));
         m.observe("POST", 200, Duration::from_millis(300));
         m.observe("POST", 200, Duration::from_millis(3));
         m.observe("POST", 200, Duration::from_secs(30));

@@ -58,6 +58,18 @@ impl ProcessGroup {
     }
 }
 
+/// A pipe, both ends close-on-exec (the child gets its end through dup2).
+fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that we now own.
+    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// A started function process with its pipes.
 pub(crate) struct Function {
     child: Child,
@@ -102,6 +114,18 @@ impl Children {
 
     /// Starts `argv` with the watchdog's environment plus `env`, in a new process group.
     pub(crate) fn spawn(&self, argv: &[String], env: &[(OsString, OsString)]) -> io::Result<Function> {
+        self.spawn_with(argv, env, false)
+    }
+
+    /// As `spawn`; with `combine`, stderr is the same pipe as stdout (classic's
+    /// `combine_output`: both, in the order written, are the output) and `Function::stderr` is
+    /// `None`.
+    pub(crate) fn spawn_with(
+        &self,
+        argv: &[String],
+        env: &[(OsString, OsString)],
+        combine: bool,
+    ) -> io::Result<Function> {
         let (program, args) = argv.split_first().ok_or_else(|| io::Error::other("empty command"))?;
         let program = self.resolve(program);
         let mut cmd = Command::new(&program);
@@ -110,12 +134,24 @@ impl Children {
             .envs(self.base_env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             // No pre_exec hook: it would force fork+exec instead of posix_spawn, a third slower.
             .process_group(0);
+        let combined = if combine {
+            let (read, write) = pipe()?;
+            cmd.stdout(Stdio::from(write.try_clone()?)).stderr(Stdio::from(write));
+            Some(ChildStdout::from(read))
+        } else {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            None
+        };
         let _gate = self.pid1.then(|| self.gate.read().unwrap_or_else(PoisonError::into_inner));
         let mut child = cmd.spawn()?;
+        // Our copies of the write end went with `cmd`'s Stdio when it was spawned; drop `cmd`
+        // so that the output pipe ends when the function's last holder of it does.
+        drop(cmd);
+        if let Some(out) = combined {
+            child.stdout = Some(out);
+        }
         let group = Arc::new(ProcessGroup {
             pgid: child.id() as i32,
             reaped: Mutex::new(false),

@@ -90,7 +90,7 @@ pub(crate) fn run(config: Config) -> i32 {
         }
     };
     crate::alloc::set_alarm(connections.alarm_fd());
-    let limiter = Limiter::new(config.max_inflight);
+    let limiter = Limiter::new(config.max_inflight, config.queue_timeout, config.queue_size);
     let metrics = Arc::new(Metrics::new(Arc::clone(&limiter)));
     let children = Arc::new(Children::new(pid1));
     let (events_tx, events) = bounded(16);
@@ -248,6 +248,12 @@ fn shutdown(wd: &Watchdog, acceptor: &Acceptor, events: &Receiver<Event>, signal
             }
             None => {}
         }
+    }
+    // Calls still waiting for a place get 503; give them a moment to send it.
+    wd.limiter.close();
+    let refused_by = Instant::now() + Duration::from_millis(500);
+    while wd.limiter.waiting() > 0 && Instant::now() < refused_by {
+        std::thread::sleep(Duration::from_millis(5));
     }
     // Websocket sessions held their places through the drain; now they end.
     wd.connections.close_upgraded();

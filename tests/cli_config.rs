@@ -108,10 +108,9 @@ fn startup_lines_name_concurrency_log_format_and_ready_path() {
 
 #[test]
 fn classic_watchdog_options_get_one_warning_each() {
-    let classic =
-        ["combine_output", "marshal_request", "write_debug", "read_debug", "cgi_headers", "debug_headers"];
+    let classic = ["write_debug", "read_debug", "cgi_headers", "debug_headers"];
     let mut env: Vec<(&str, &str)> = classic.iter().map(|k| (*k, "true")).collect();
-    env.push(("fprocess", "cat"));
+    env.extend([("fprocess", "cat"), ("combine_output", "true"), ("marshal_request", "true")]);
     let mut wd = Watchdog::start(&env);
     wd.wait_log("Listening on port", STARTUP);
     let err = wd.output.stderr();
@@ -119,6 +118,9 @@ fn classic_watchdog_options_get_one_warning_each() {
         let needle = format!("{option}=\"true\" is a classic-watchdog option fwatchdog ignores: ");
         assert_eq!(err.matches(&needle).count(), 1, "{option}: {err}");
     }
+    // Implemented since: combine_output in fork modes; marshal_request in serializing mode only.
+    assert!(!err.contains("combine_output=\"true\" is a classic-watchdog option"), "{err}");
+    assert_eq!(err.matches("marshal_request applies to mode=serializing only").count(), 1, "{err}");
 }
 
 #[test]

@@ -362,3 +362,39 @@ fn the_python_http_example_reads_content_length_and_chunked_bodies() {
 fn crc32_matches_the_standard_check_value() {
     assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
 }
+
+/// `marshal_request=true` gives the function the classic watchdog's JSON envelope byte for byte:
+/// the same requests go to a Go net/http server that marshals them as the classic watchdog does
+/// (`types.MarshalRequest`) and through fwatchdog to `cat`.
+#[test]
+fn marshal_request_envelope_is_byte_for_byte_the_classic_watchdogs() {
+    let Some(go) = go_app() else { return };
+    let go_port = free_port();
+    let mut reference = std::process::Command::new(&go)
+        .arg(go_port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the Go server");
+    wait_for("the Go server to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", go_port)).is_ok()
+    });
+    let wd = Watchdog::start(&[("mode", "serializing"), ("fprocess", "cat"), ("marshal_request", "true")]);
+    let requests: [&[u8]; 4] = [
+        b"POST /classic-envelope HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nX-Test: a\r\nx-test: b\r\nX-Html: <a&b> \"q\" \\ z\r\nuser-agent: t\tab\r\nContent-Length: 6\r\nConnection: close\r\n\r\n\x00\xff\x10ab\n",
+        b"POST /classic-envelope?x=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+        b"GET /classic-envelope HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        b"PUT /classic-envelope HTTP/1.1\r\nHost: x\r\nx_underscore: 1\r\nX-LOUD-NAME: 2\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    ];
+    for request in requests {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", go_port)).expect("connect to Go");
+        s.write_all(request).expect("send to Go");
+        let expected = read_response(&mut BufReader::new(s), false).expect("Go's answer");
+        assert_eq!(expected.status, 200, "{}", expected.text());
+        let got = raw(&wd, request);
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.text(), expected.text(), "for {}", String::from_utf8_lossy(request));
+    }
+    let _ = reference.kill();
+    let _ = reference.wait();
+}

@@ -42,7 +42,7 @@ pub(super) struct Ended {
 /// Starts the function for `ex` with its CGI environment and arms its deadline.
 pub(super) fn start(ex: &Exchange, wd: &Watchdog) -> io::Result<Call> {
     let env = cgi::environment(ex);
-    let mut f = wd.children.spawn(&wd.config.argv, &env)?;
+    let mut f = wd.children.spawn_with(&wd.config.argv, &env, wd.config.combine_output)?;
     let Limits { limit, respond_by } = Limits::of(&ex.info, &wd.config);
     let ends_at = limit.map(|l| Instant::now() + l);
     let guard = ends_at.map(|t| wd.deadlines.schedule(t, &f.group));

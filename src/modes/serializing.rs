@@ -43,6 +43,16 @@ impl Handler for Serializing {
             }
         }
 
+        if wd.config.marshal_request {
+            let mut envelope = Spool::new(SPOOL_MEMORY);
+            if let Err(e) = crate::envelope::write(ex.headers(), &mut input, &mut envelope) {
+                let duration = duration_header(ex.info.received);
+                let msg = format!("cannot marshal the request: {e}\n");
+                return super::text(ex, 500, &msg, &[("X-Duration-Seconds", &duration)]);
+            }
+            input = envelope;
+        }
+
         let mut call = match fork::start(&ex, wd) {
             Ok(call) => call,
             Err(e) => {

@@ -43,8 +43,34 @@ func echo(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// The classic watchdog's marshal_request envelope, made the way it makes it
+// (types.MarshalRequest): the reference fwatchdog's marshal_request=true is checked against.
+type marshalBody struct {
+	Raw []byte `json:"raw"`
+}
+
+type marshalReq struct {
+	Header http.Header `json:"header"`
+	Body   marshalBody `json:"body"`
+}
+
+func classicEnvelope(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	out, err := json.Marshal(&marshalReq{Header: r.Header, Body: marshalBody{Raw: body}})
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Write(out)
+}
+
 func main() {
 	http.HandleFunc("/echo", echo)
+	http.HandleFunc("/classic-envelope", classicEnvelope)
 	http.HandleFunc("/cookies", func(w http.ResponseWriter, r *http.Request) {
 		for _, name := range []string{"a", "b", "c"} {
 			w.Header().Add("Set-Cookie", name+"="+name+"-value; Path=/")

@@ -102,6 +102,11 @@ impl Config {
         if self.max_inflight > 0 { self.max_inflight } else { self.max_workers }
     }
 
+    /// Calls that may wait for a `max_inflight` place at once.
+    pub(crate) fn queued_calls(&self) -> usize {
+        if self.queue_timeout.is_zero() { 0 } else { self.queue_size }
+    }
+
     /// Startup line: how many calls run at once and what happens beyond.
     pub(crate) fn concurrency_line(&self) -> String {
         if self.max_inflight > 0 && !self.queue_timeout.is_zero() {

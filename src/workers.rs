@@ -60,6 +60,8 @@ enum Job {
 impl Workers {
     pub(crate) fn new(wd: Arc<Watchdog>) -> Arc<Workers> {
         let cap = wd.config.workers();
+        // Calls waiting in the queue for a max_inflight place hold their receiving thread.
+        let max_threads = cap + wd.config.queued_calls() + CONTROL_HEADROOM;
         let (waiting_tx, waiting_rx) = bounded(cap);
         Arc::new(Workers {
             wd,
@@ -68,7 +70,7 @@ impl Workers {
             waiting_tx,
             waiting_rx,
             threads: AtomicUsize::new(0),
-            max_threads: cap + CONTROL_HEADROOM,
+            max_threads,
         })
     }
 

@@ -103,26 +103,30 @@ fn promtool_accepts_the_exposition() {
         return;
     };
     assert!(out.status.success());
-    let wd = Watchdog::start(&[("fprocess", "cat")]);
-    wd.post("/", b"x");
-    wd.get("/");
-    let text = scrape(&wd);
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    use std::io::Write;
-    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
-    let out = child.wait_with_output().expect("promtool output");
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let with_queue = [("fprocess", "cat"), ("max_inflight", "2"), ("queue_timeout", "1s")];
+    for env in [&[("fprocess", "cat")][..], &with_queue[..]] {
+        let wd = Watchdog::start(env);
+        wd.post("/", b"x");
+        wd.get("/");
+        let text = scrape(&wd);
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool");
+        use std::io::Write;
+        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+        let out = child.wait_with_output().expect("promtool output");
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed for {env:?}:\n{}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text.contains("fwatchdog_queue_wait_seconds_count 2"), env.len() > 1, "{text}");
+    }
 }
 
 /// One instant-vector value from Prometheus' HTTP API, if the query has a result yet.

@@ -84,6 +84,9 @@ pub(crate) struct Config {
     pub(crate) combine_output: bool,
     /// Serializing mode: the function reads the classic JSON envelope instead of the body.
     pub(crate) marshal_request: bool,
+    /// Log the first bytes of every call's request / response body.
+    pub(crate) read_debug: bool,
+    pub(crate) write_debug: bool,
     pub(crate) content_type: String,
     pub(crate) static_path: PathBuf,
     pub(crate) suppress_lock: bool,
@@ -159,9 +162,7 @@ impl fmt::Display for ConfigError {
 }
 
 /// Options of the classic watchdog that users bring along, and what fwatchdog does instead.
-const IGNORED_CLASSIC: [(&str, &str); 4] = [
-    ("write_debug", "response bodies are not logged"),
-    ("read_debug", "request bodies are not logged"),
+const IGNORED_CLASSIC: [(&str, &str); 2] = [
     ("cgi_headers", "request headers always reach fork-mode functions as Http_* variables"),
     ("debug_headers", "request headers are not logged"),
 ];
@@ -426,6 +427,9 @@ where
         marshal_request = false;
     }
 
+    let read_debug = env.boolean(&["read_debug"], false, true);
+    let write_debug = env.boolean(&["write_debug"], false, true);
+
     for (name, what) in IGNORED_CLASSIC {
         if let Some((name, value)) = env.get(&[name]) {
             env.warnings
@@ -450,6 +454,8 @@ where
         queue_size,
         combine_output,
         marshal_request,
+        read_debug,
+        write_debug,
         content_type,
         static_path,
         suppress_lock,

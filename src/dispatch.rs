@@ -90,7 +90,11 @@ pub(crate) fn route(workers: &Workers, turn: Turn) -> Routed {
 
 /// One function call. A panic anywhere in the mode's handler is caught here: the request gets
 /// a 500 (tiny_http answers a dropped request) and the thread lives on.
-pub(crate) fn run_call(wd: &Watchdog, ex: Exchange) {
+pub(crate) fn run_call(wd: &Watchdog, mut ex: Exchange) {
+    if wd.config.read_debug || wd.config.write_debug {
+        let cap = wd.config.log_buffer_size.unwrap_or(usize::MAX);
+        ex.log_bodies(wd.config.read_debug, wd.config.write_debug, cap);
+    }
     let (method, uri, call_id) = (ex.info.method.clone(), ex.info.uri.clone(), ex.info.call_id.clone());
     let (received, quiet) = (ex.info.received, ex.info.kube_probe);
     let outcome = match catch_unwind(AssertUnwindSafe(|| wd.handler.handle(ex, wd))) {

@@ -16,6 +16,7 @@ use tiny_http::{HTTPVersion, Request};
 use crate::clock;
 use crate::connections::{Connections, Turn};
 use crate::limiter::Slot;
+use crate::logging::BodyLog;
 use crate::metrics::Metrics;
 use crate::request::{self, Framing, Head, Rejection, RequestInfo};
 use crate::sockets::Socket;
@@ -77,6 +78,9 @@ impl Completion {
 static HUGE_DRAIN: Mutex<()> = Mutex::new(());
 const HUGE_REMAINDER: u64 = 64 << 20;
 
+/// `read_debug`/`write_debug` never log more than this of one body.
+const MAX_BODY_LOG: usize = 64 * 1024;
+
 /// A request being answered.
 pub(crate) struct Exchange {
     req: Request,
@@ -87,6 +91,9 @@ pub(crate) struct Exchange {
     /// When the whole body must have arrived (read_timeout from the request's start).
     deadline: Option<Instant>,
     completion: Option<Completion>,
+    /// `read_debug`, `write_debug`.
+    read_log: Option<BodyLog>,
+    write_log: Option<BodyLog>,
 }
 
 /// A request refused before its body is read.
@@ -135,6 +142,8 @@ impl Exchange {
                     body_done,
                     deadline,
                     completion: None,
+                    read_log: None,
+                    write_log: None,
                 })
             }
             Err(rejection) => Err(Box::new(Refused { req, rejection })),
@@ -207,6 +216,27 @@ impl Exchange {
     /// died: HTTP clients wait for the answer with the connection open). The sweeper shuts the
     /// read side at the deadline, which ends a read that waits for a slow client.
     pub(crate) fn read_body(&mut self, buf: &mut [u8]) -> Result<usize, BodyError> {
+        let result = self.read_body_piece(buf);
+        if let (Some(log), Ok(n)) = (&mut self.read_log, &result) {
+            log.feed(&buf[..*n]);
+        }
+        if self.body_done || result.is_err() {
+            // Logged now: the body is over.
+            self.read_log = None;
+        }
+        result
+    }
+
+    /// Logs the first `cap` bytes of the request body (`read`) and of the response body
+    /// (`write`), at most `MAX_BODY_LOG`.
+    pub(crate) fn log_bodies(&mut self, read: bool, write: bool, cap: usize) {
+        let call = format!("{} {}", self.info.method, self.info.uri);
+        let cap = cap.min(MAX_BODY_LOG);
+        self.read_log = read.then(|| BodyLog::new("request", call.clone(), cap));
+        self.write_log = write.then(|| BodyLog::new("response", call, cap));
+    }
+
+    fn read_body_piece(&mut self, buf: &mut [u8]) -> Result<usize, BodyError> {
         if self.body_done || buf.is_empty() {
             return Ok(0);
         }
@@ -291,6 +321,9 @@ impl Exchange {
     /// Sends a complete response and returns the body bytes sent. A request whose body has not
     /// been read is answered with `Connection: close`.
     pub(crate) fn respond(mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> u64 {
+        if let Some(log) = &mut self.write_log {
+            log.feed(body);
+        }
         self.discard_preloaded();
         self.complete(status);
         let close = !self.body_done;
@@ -332,14 +365,16 @@ impl Exchange {
         let (framing, head) = self.framed_head(status, headers, length);
         let completion = self.completion.take().map(|c| (c, status));
         let (conns, peer) = (Arc::clone(&self.conns), self.info.peer);
-        ResponseStream::new(
+        let mut stream = ResponseStream::new(
             Sink::Tiny(into_writer(self.req, 0, &conns, peer)),
             framing,
             head,
             completion,
             conns,
             peer,
-        )
+        );
+        stream.body_log = self.write_log.take();
+        stream
     }
 
     /// The response will go straight on the connection's socket, while the request body may
@@ -356,6 +391,7 @@ impl Exchange {
             socket,
             proto: Proto::of(&self.info),
             completion: self.completion.take(),
+            body_log: self.write_log.take(),
             conns: Arc::clone(&self.conns),
             peer: self.info.peer,
         }
@@ -417,6 +453,7 @@ pub(crate) struct Direct {
     socket: Arc<Socket>,
     proto: Proto,
     completion: Option<Completion>,
+    body_log: Option<BodyLog>,
     conns: Arc<Connections>,
     peer: Option<SocketAddr>,
 }
@@ -427,12 +464,18 @@ impl Direct {
         let framing = self.proto.framing(status, None);
         let head = head(self.proto, status, headers, None, false);
         let completion = self.completion.map(|c| (c, status));
-        ResponseStream::new(Sink::Socket(self.socket), framing, head, completion, self.conns, self.peer)
+        let mut stream =
+            ResponseStream::new(Sink::Socket(self.socket), framing, head, completion, self.conns, self.peer);
+        stream.body_log = self.body_log;
+        stream
     }
 
     /// A complete response; `close`: the connection ends after it (its request body was not
     /// read to the end). Returns the body bytes sent.
     pub(crate) fn respond(mut self, status: u16, headers: &[(&str, &str)], body: &[u8], close: bool) -> u64 {
+        if let Some(log) = &mut self.body_log {
+            log.feed(body);
+        }
         if let Some(c) = self.completion.take() {
             c.complete(status);
         }
@@ -691,6 +734,8 @@ pub(crate) struct ResponseStream {
     completion: Option<(Completion, u16)>,
     conns: Arc<Connections>,
     peer: Option<SocketAddr>,
+    /// `write_debug`.
+    body_log: Option<BodyLog>,
 }
 
 impl ResponseStream {
@@ -711,6 +756,7 @@ impl ResponseStream {
             completion,
             conns,
             peer,
+            body_log: None,
         }
     }
 
@@ -724,6 +770,9 @@ impl ResponseStream {
     pub(crate) fn write(&mut self, data: &[u8]) -> io::Result<()> {
         if data.is_empty() && self.pending_head.is_none() {
             return Ok(());
+        }
+        if let Some(log) = self.body_log.as_mut().filter(|_| self.framing != Out::Nothing) {
+            log.feed(data);
         }
         if let Sink::Socket(socket) = &self.sink
             && self.framing == Out::Chunked
@@ -765,7 +814,7 @@ impl ResponseStream {
 
     /// Whether `splice` can be used: a chunked body straight on the socket.
     pub(crate) fn can_splice(&self) -> bool {
-        matches!(self.sink, Sink::Socket(_)) && self.framing == Out::Chunked
+        matches!(self.sink, Sink::Socket(_)) && self.framing == Out::Chunked && self.body_log.is_none()
     }
 
     /// Sends the next `n` bytes waiting in the pipe `pipe` as one chunk, moved by the kernel

@@ -102,6 +102,45 @@ fn write_stderr(line: &[u8]) {
 }
 
 /// What the per-call log line reports.
+/// `read_debug`/`write_debug`: the first `cap` bytes of a request or response body, logged in
+/// one line (escaped) when the body ends or the call is over, whichever comes first.
+pub(crate) struct BodyLog {
+    what: &'static str,
+    call: String,
+    cap: usize,
+    kept: Vec<u8>,
+    total: u64,
+}
+
+impl BodyLog {
+    pub(crate) fn new(what: &'static str, call: String, cap: usize) -> BodyLog {
+        BodyLog { what, call, cap, kept: Vec::new(), total: 0 }
+    }
+
+    pub(crate) fn feed(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        let room = self.cap.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&data[..data.len().min(room)]);
+    }
+}
+
+impl Drop for BodyLog {
+    fn drop(&mut self) {
+        let shown = if (self.kept.len() as u64) < self.total {
+            format!(" (the first {} shown)", self.kept.len())
+        } else {
+            String::new()
+        };
+        log::info!(
+            "{} {} body, {} bytes{shown}: {}",
+            self.call,
+            self.what,
+            self.total,
+            self.kept.escape_ascii()
+        );
+    }
+}
+
 pub(crate) struct CallRecord<'a> {
     pub(crate) method: &'a str,
     pub(crate) uri: &'a str,

@@ -5,6 +5,8 @@ mod common;
 
 use std::time::Duration;
 
+const STARTUP: Duration = Duration::from_secs(10);
+
 use common::*;
 
 #[test]
@@ -43,4 +45,29 @@ fn the_options_warn_where_they_do_not_apply() {
         Watchdog::start(&[("mode", "serializing"), ("fprocess", "cat"), ("combine_output", "true")]);
     quiet.wait_log("Listening on port", Duration::from_secs(10));
     assert!(!quiet.output.all().contains("classic-watchdog option"), "{}", quiet.output.all());
+}
+
+#[test]
+fn read_debug_and_write_debug_log_the_first_bytes_of_each_body() {
+    let body = b"line one\nline two, longer than sixteen";
+    for mode in ["streaming", "serializing"] {
+        let mut wd = Watchdog::start(&[
+            ("mode", mode),
+            ("fprocess", "cat"),
+            ("read_debug", "true"),
+            ("write_debug", "true"),
+            ("log_buffer_size", "16"),
+        ]);
+        assert_eq!(wd.post("/x", body).body, body, "{mode}");
+        wd.wait_log(r"POST /x request body, 38 bytes (the first 16 shown): line one\nline tw", STARTUP);
+        wd.wait_log(r"POST /x response body, 38 bytes (the first 16 shown): line one\nline tw", STARTUP);
+        // A large streamed answer is logged in part and still sent whole (no splice).
+        let big = vec![b'z'; 300_000];
+        assert_eq!(wd.post("/big", &big).body.len(), big.len(), "{mode}");
+        wd.wait_log("POST /big response body, 300000 bytes (the first 16 shown): zzzzzzzzzzzzzzzz", STARTUP);
+    }
+    let mut plain = Watchdog::start(&[("fprocess", "cat")]);
+    plain.post("/x", body);
+    plain.wait_log("POST /x - 200", STARTUP);
+    assert!(!plain.output.all().contains("request body,"), "{}", plain.output.all());
 }

@@ -108,9 +108,15 @@ fn startup_lines_name_concurrency_log_format_and_ready_path() {
 
 #[test]
 fn classic_watchdog_options_get_one_warning_each() {
-    let classic = ["write_debug", "read_debug", "cgi_headers", "debug_headers"];
+    let classic = ["cgi_headers", "debug_headers"];
     let mut env: Vec<(&str, &str)> = classic.iter().map(|k| (*k, "true")).collect();
-    env.extend([("fprocess", "cat"), ("combine_output", "true"), ("marshal_request", "true")]);
+    env.extend([
+        ("fprocess", "cat"),
+        ("combine_output", "true"),
+        ("marshal_request", "true"),
+        ("write_debug", "true"),
+        ("read_debug", "true"),
+    ]);
     let mut wd = Watchdog::start(&env);
     wd.wait_log("Listening on port", STARTUP);
     let err = wd.output.stderr();
@@ -119,7 +125,9 @@ fn classic_watchdog_options_get_one_warning_each() {
         assert_eq!(err.matches(&needle).count(), 1, "{option}: {err}");
     }
     // Implemented since: combine_output in fork modes; marshal_request in serializing mode only.
-    assert!(!err.contains("combine_output=\"true\" is a classic-watchdog option"), "{err}");
+    for option in ["combine_output", "write_debug", "read_debug"] {
+        assert!(!err.contains(&format!("{option}=\"true\" is a classic-watchdog option")), "{err}");
+    }
     assert_eq!(err.matches("marshal_request applies to mode=serializing only").count(), 1, "{err}");
 }
 

@@ -209,11 +209,12 @@ fn emit(
         Output::Bytes(bytes) => stream.write(bytes),
         Output::Pipe(fd, n) if stream.can_splice() => stream.splice(fd, n),
         Output::Pipe(fd, n) => {
-            // No body on this response (a HEAD request): take the output out of the pipe.
+            // No splice (no body on this response, a HEAD request; or the body is logged): take
+            // the output out of the pipe and write it (a HEAD response drops it).
             let mut scratch = vec![0u8; n.min(64 * 1024)];
             // SAFETY: reading into a valid buffer from a pipe we own.
-            unsafe { libc::read(fd, scratch.as_mut_ptr().cast(), scratch.len()) };
-            stream.write(&[])
+            let got = unsafe { libc::read(fd, scratch.as_mut_ptr().cast(), scratch.len()) };
+            stream.write(&scratch[..usize::try_from(got).unwrap_or(0)])
         }
     };
     if sent.is_err() {

@@ -519,15 +519,19 @@ pub(crate) fn refuse(refused: Refused, conns: &Connections) {
         answer_on_the_side(req, rejection.status(), &[], body.as_bytes());
         return;
     }
-    let out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nDate: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        rejection.status(),
-        reason(rejection.status()),
-        clock::http_date_now(),
-        body.len()
-    );
+    let out = refusal(rejection.status(), &body);
     let mut w = into_writer(req, remaining, conns, peer);
     let _ = w.write_all(out.as_bytes()).and_then(|()| w.flush());
+}
+
+/// A whole refusal: a plain-text `body` and the connection closed after it.
+fn refusal(status: u16, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nDate: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        reason(status),
+        clock::http_date_now(),
+        body.len()
+    )
 }
 
 /// A request whose declared body no drain could survive (trap 1): beyond `isize::MAX` the
@@ -541,13 +545,7 @@ fn refuse_undrainable(req: Request, rejection: &Rejection, conns: &Connections) 
     let peer = req.remote_addr().copied();
     let body = rejection.message();
     if let Some(socket) = peer.and_then(|p| conns.socket(p)) {
-        let out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nDate: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            rejection.status(),
-            reason(rejection.status()),
-            clock::http_date_now(),
-            body.len()
-        );
+        let out = refusal(rejection.status(), &body);
         let _ = socket.send_all(out.as_bytes());
     }
     conns.abort(peer);

@@ -171,6 +171,18 @@ impl Limiter {
 mod tests {
     use super::*;
 
+    /// A call that waits in `l`'s queue (once this returns).
+    fn queued(l: &Arc<Limiter>) -> std::thread::JoinHandle<Result<(), Refusal>> {
+        let waiter = {
+            let l = Arc::clone(l);
+            std::thread::spawn(move || l.acquire().map(|_| ()))
+        };
+        while l.waiting() == 0 {
+            std::thread::yield_now();
+        }
+        waiter
+    }
+
     #[test]
     fn admits_up_to_max_and_releases_on_drop() {
         let l = Limiter::new(2, Duration::ZERO, 0);
@@ -214,13 +226,7 @@ mod tests {
     fn the_wait_ends_at_queue_timeout_and_a_full_queue_refuses_at_once() {
         let l = Limiter::new(1, Duration::from_millis(50), 1);
         let _held = l.acquire().expect("first");
-        let waiter = {
-            let l = Arc::clone(&l);
-            std::thread::spawn(move || l.acquire().map(|_| ()))
-        };
-        while l.waiting() == 0 {
-            std::thread::yield_now();
-        }
+        let waiter = queued(&l);
         assert!(l.saturated());
         assert_eq!(l.acquire().map(|_| ()), Err(Refusal::Busy), "queue full");
         assert_eq!(waiter.join().expect("waiter"), Err(Refusal::Busy), "timed out");
@@ -231,13 +237,7 @@ mod tests {
     fn closing_refuses_the_waiting_calls() {
         let l = Limiter::new(1, Duration::from_secs(30), 4);
         let _held = l.acquire().expect("first");
-        let waiter = {
-            let l = Arc::clone(&l);
-            std::thread::spawn(move || l.acquire().map(|_| ()))
-        };
-        while l.waiting() == 0 {
-            std::thread::yield_now();
-        }
+        let waiter = queued(&l);
         l.close();
         assert_eq!(waiter.join().expect("waiter"), Err(Refusal::Closing));
     }

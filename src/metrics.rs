@@ -26,6 +26,31 @@ struct Series {
     buckets: [u64; 11],
 }
 
+impl Series {
+    fn record(&mut self, duration: Duration) {
+        let secs = duration.as_secs_f64();
+        self.count += 1;
+        self.sum += secs;
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i] += 1;
+        }
+    }
+
+    /// The histogram's samples; `labels` is empty or `a="b",...,` (with the trailing comma).
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, le) in BUCKET_LABELS.iter().enumerate() {
+            cumulative += self.buckets[i];
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {}", self.count);
+        let plain = labels.trim_end_matches(',');
+        let braces = if plain.is_empty() { String::new() } else { format!("{{{plain}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
 pub(crate) struct Metrics {
     /// (method label, status code) → series; ordered so the exposition is stable.
     series: Mutex<BTreeMap<(&'static str, u16), Series>>,
@@ -58,27 +83,13 @@ impl Metrics {
 
     /// Records one finished function call.
     pub(crate) fn observe(&self, method: &str, status: u16, duration: Duration) {
-        let secs = duration.as_secs_f64();
-        let bucket = BUCKETS.iter().position(|b| secs <= *b);
         let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
-        let s = series.entry((method_label(method), status)).or_default();
-        s.count += 1;
-        s.sum += secs;
-        if let Some(i) = bucket {
-            s.buckets[i] += 1;
-        }
+        series.entry((method_label(method), status)).or_default().record(duration);
     }
 
     /// Records how long an admitted call waited in the queue.
     pub(crate) fn observe_queue_wait(&self, waited: Duration) {
-        let secs = waited.as_secs_f64();
-        let bucket = BUCKETS.iter().position(|b| secs <= *b);
-        let mut s = self.queue_wait.lock().unwrap_or_else(PoisonError::into_inner);
-        s.count += 1;
-        s.sum += secs;
-        if let Some(i) = bucket {
-            s.buckets[i] += 1;
-        }
+        self.queue_wait.lock().unwrap_or_else(PoisonError::into_inner).record(waited);
     }
 
     /// The queue's series, when there is a queue.
@@ -89,19 +100,12 @@ impl Metrics {
         out.push_str("# HELP fwatchdog_queue_length Calls waiting for a max_inflight place.\n");
         out.push_str("# TYPE fwatchdog_queue_length gauge\n");
         let _ = writeln!(out, "fwatchdog_queue_length {}", self.limiter.waiting());
-        let s = self.queue_wait.lock().unwrap_or_else(PoisonError::into_inner);
         out.push_str(
             "# HELP fwatchdog_queue_wait_seconds Seconds admitted calls waited for a max_inflight place.\n",
         );
         out.push_str("# TYPE fwatchdog_queue_wait_seconds histogram\n");
-        let mut cumulative = 0;
-        for (i, le) in BUCKET_LABELS.iter().enumerate() {
-            cumulative += s.buckets[i];
-            let _ = writeln!(out, "fwatchdog_queue_wait_seconds_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "fwatchdog_queue_wait_seconds_bucket{{le=\"+Inf\"}} {}", s.count);
-        let _ = writeln!(out, "fwatchdog_queue_wait_seconds_sum {}", s.sum);
-        let _ = writeln!(out, "fwatchdog_queue_wait_seconds_count {}", s.count);
+        let s = self.queue_wait.lock().unwrap_or_else(PoisonError::into_inner);
+        s.render(out, "fwatchdog_queue_wait_seconds", "");
     }
 
     /// The whole exposition.
@@ -112,29 +116,8 @@ impl Metrics {
             out.push_str("# HELP http_request_duration_seconds Seconds spent serving HTTP requests.\n");
             out.push_str("# TYPE http_request_duration_seconds histogram\n");
             for ((method, code), s) in series.iter() {
-                let mut cumulative = 0;
-                for (i, le) in BUCKET_LABELS.iter().enumerate() {
-                    cumulative += s.buckets[i];
-                    let _ = writeln!(
-                        out,
-                        "http_request_duration_seconds_bucket{{code=\"{code}\",method=\"{method}\",le=\"{le}\"}} {cumulative}"
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "http_request_duration_seconds_bucket{{code=\"{code}\",method=\"{method}\",le=\"+Inf\"}} {}",
-                    s.count
-                );
-                let _ = writeln!(
-                    out,
-                    "http_request_duration_seconds_sum{{code=\"{code}\",method=\"{method}\"}} {}",
-                    s.sum
-                );
-                let _ = writeln!(
-                    out,
-                    "http_request_duration_seconds_count{{code=\"{code}\",method=\"{method}\"}} {}",
-                    s.count
-                );
+                let labels = format!("code=\"{code}\",method=\"{method}\",");
+                s.render(&mut out, "http_request_duration_seconds", &labels);
             }
             out.push_str("# HELP http_requests_total The total number of HTTP requests handled.\n");
             out.push_str("# TYPE http_requests_total counter\n");

@@ -6,9 +6,11 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{ChildStderr, ChildStdin, ChildStdout};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::cgi_response::{Head, Read as HeadRead, Reader};
 use crate::exchange::{BodyError, Exchange};
 use crate::logging::FunctionLog;
 use crate::process::ProcessGroup;
@@ -20,7 +22,10 @@ pub(crate) enum Next {
     Stdout(usize),
     /// `n` bytes of stdout wait in the pipe, unread (see `ChildIo::leave_stdout_in_pipe`).
     StdoutReady(usize),
-    /// stdout reached end of file.
+    /// The function's CGI header block is complete and no body byte has come yet
+    /// (`cgi_response`; see `ChildIo::read_cgi_head`).
+    HeadDone,
+    /// stdout reached end of file (or its CGI header block was malformed).
     StdoutEnd,
     /// The input feeder finished.
     InputDone,
@@ -35,6 +40,8 @@ pub(crate) struct ChildIo {
     stderr: Option<ChildStderr>,
     log: FunctionLog,
     input_done: Option<OwnedFd>,
+    /// `cgi_response`: stdout starts with a header block, read here.
+    head: Option<Reader>,
 }
 
 /// A pipe whose read end becomes readable (end of file) when the write end is dropped.
@@ -95,14 +102,32 @@ impl ChildIo {
         log: FunctionLog,
         input_done: Option<OwnedFd>,
     ) -> ChildIo {
-        ChildIo { in_pipe: false, stdout, stderr, log, input_done }
+        ChildIo { in_pipe: false, stdout, stderr, log, input_done, head: None }
     }
 
     pub(crate) fn stdout_open(&self) -> bool {
         self.stdout.is_some()
     }
 
-    /// From now on `next` reports stdout data as `StdoutReady` without reading it.
+    /// stdout may start with a CGI header block (`cgi_response`): `next` hands on only what
+    /// follows it, with `HeadDone` when it is complete before any body byte; `cgi_head` has
+    /// it. A malformed block kills `group` and ends stdout.
+    pub(crate) fn read_cgi_head(&mut self, group: Arc<ProcessGroup>) {
+        self.head = Some(Reader::new(group));
+    }
+
+    /// The function's status and headers, once its block is complete.
+    pub(crate) fn cgi_head(&self) -> Option<&Head> {
+        self.head.as_ref().and_then(Reader::head)
+    }
+
+    /// The head and the reason it was malformed, when the call is over.
+    pub(crate) fn take_cgi_parts(&mut self) -> (Option<Head>, Option<String>) {
+        self.head.take().map(Reader::into_parts).unwrap_or_default()
+    }
+
+    /// From now on `next` reports stdout data as `StdoutReady` without reading it (after the
+    /// CGI header block, if one is read).
     pub(crate) fn leave_stdout_in_pipe(&mut self) {
         self.in_pipe = true;
     }
@@ -125,6 +150,59 @@ impl ChildIo {
     /// Waits for the next stdout data, the end of stdout, the end of the input, or `deadline`.
     /// Must not be called once stdout has ended and the input is done.
     pub(crate) fn next(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<Next> {
+        match self.head.take() {
+            Some(reader) if reader.active() => {
+                let (reader, next) = self.next_through_head(reader, buf, deadline);
+                self.head = Some(reader);
+                next
+            }
+            reader => {
+                self.head = reader;
+                self.next_raw(buf, deadline, self.in_pipe)
+            }
+        }
+    }
+
+    /// `next` while the header block is read or body bytes read with it are held.
+    fn next_through_head(
+        &mut self,
+        mut reader: Reader,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> (Reader, io::Result<Next>) {
+        let held = reader.take_held(buf);
+        if held > 0 {
+            return (reader, Ok(Next::Stdout(held)));
+        }
+        loop {
+            let (read, ended) = match self.next_raw(buf, deadline, false) {
+                Ok(Next::Stdout(n)) => (reader.push(&buf[..n]), false),
+                Ok(Next::StdoutEnd) => (reader.finish(), true),
+                other => return (reader, other),
+            };
+            match read {
+                HeadRead::More => {}
+                HeadRead::Malformed => {
+                    self.stdout = None;
+                    return (reader, Ok(Next::StdoutEnd));
+                }
+                HeadRead::Decided => {
+                    let held = reader.take_held(buf);
+                    let next = if held > 0 {
+                        Next::Stdout(held)
+                    } else if ended {
+                        Next::StdoutEnd
+                    } else {
+                        // Only a block ends before any byte is held.
+                        Next::HeadDone
+                    };
+                    return (reader, Ok(next));
+                }
+            }
+        }
+    }
+
+    fn next_raw(&mut self, buf: &mut [u8], deadline: Option<Instant>, in_pipe: bool) -> io::Result<Next> {
         loop {
             if self.stdout.is_none() && self.input_done.is_none() {
                 return Ok(Next::StdoutEnd);
@@ -152,7 +230,7 @@ impl ChildIo {
             if fds[0].revents != 0
                 && let Some(out) = &mut self.stdout
             {
-                if self.in_pipe {
+                if in_pipe {
                     let mut n: libc::c_int = 0;
                     // SAFETY: FIONREAD writes one int.
                     let rc = unsafe { libc::ioctl(out.as_raw_fd(), libc::FIONREAD, &mut n) };

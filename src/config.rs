@@ -82,6 +82,8 @@ pub(crate) struct Config {
     pub(crate) queue_size: usize,
     /// Fork modes: the function's stderr goes into the response with its stdout.
     pub(crate) combine_output: bool,
+    /// Fork modes: the function's stdout may start with a CGI header block (status, headers).
+    pub(crate) cgi_response: bool,
     /// Serializing mode: the function reads the classic JSON envelope instead of the body.
     pub(crate) marshal_request: bool,
     /// Log the first bytes of every call's request / response body.
@@ -421,6 +423,14 @@ where
         );
         combine_output = false;
     }
+    let mut cgi_response = env.boolean(&["cgi_response"], false, true);
+    if cgi_response && !fork_mode {
+        env.warnings.push(
+            "cgi_response applies to the streaming and serializing modes; the upstream sets its own status and headers; ignored"
+                .into(),
+        );
+        cgi_response = false;
+    }
     let mut marshal_request = env.boolean(&["marshal_request"], false, true);
     if marshal_request && mode != Mode::Serializing {
         env.warnings.push("marshal_request applies to mode=serializing only; ignored".into());
@@ -453,6 +463,7 @@ where
         queue_timeout,
         queue_size,
         combine_output,
+        cgi_response,
         marshal_request,
         read_debug,
         write_debug,

@@ -366,6 +366,7 @@ impl Exchange {
         let completion = self.completion.take().map(|c| (c, status));
         let (conns, peer) = (Arc::clone(&self.conns), self.info.peer);
         let mut stream = ResponseStream::new(
+            status,
             Sink::Tiny(into_writer(self.req, 0, &conns, peer)),
             framing,
             head,
@@ -464,8 +465,15 @@ impl Direct {
         let framing = self.proto.framing(status, None);
         let head = head(self.proto, status, headers, None, false);
         let completion = self.completion.map(|c| (c, status));
-        let mut stream =
-            ResponseStream::new(Sink::Socket(self.socket), framing, head, completion, self.conns, self.peer);
+        let mut stream = ResponseStream::new(
+            status,
+            Sink::Socket(self.socket),
+            framing,
+            head,
+            completion,
+            self.conns,
+            self.peer,
+        );
         stream.body_log = self.body_log;
         stream
     }
@@ -723,6 +731,7 @@ impl Sink {
 
 /// A response whose body is written piece by piece, each piece flushed to the client.
 pub(crate) struct ResponseStream {
+    status: u16,
     sink: Sink,
     framing: Out,
     /// Sent together with the first piece of body, so a small response is one packet.
@@ -738,6 +747,7 @@ pub(crate) struct ResponseStream {
 
 impl ResponseStream {
     fn new(
+        status: u16,
         sink: Sink,
         framing: Out,
         head: Vec<u8>,
@@ -746,6 +756,7 @@ impl ResponseStream {
         peer: Option<SocketAddr>,
     ) -> ResponseStream {
         ResponseStream {
+            status,
             sink,
             framing,
             pending_head: Some(head),
@@ -756,6 +767,10 @@ impl ResponseStream {
             peer,
             body_log: None,
         }
+    }
+
+    pub(crate) fn status(&self) -> u16 {
+        self.status
     }
 
     /// Body bytes written so far.
@@ -853,8 +868,8 @@ impl ResponseStream {
     /// Ends the response as broken: the connection is closed without the last chunk (or before
     /// the declared length), so the client cannot take what it got as complete. Returns the body
     /// bytes sent.
-    pub(crate) fn abort(mut self, status: u16) -> u64 {
-        if let Some((c, _)) = self.completion.take() {
+    pub(crate) fn abort(mut self) -> u64 {
+        if let Some((c, status)) = self.completion.take() {
             c.complete(status);
         }
         self.conns.abort(self.peer);

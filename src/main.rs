@@ -19,6 +19,7 @@
 
 mod alloc;
 mod cgi;
+mod cgi_response;
 mod child_io;
 mod cli;
 mod clock;

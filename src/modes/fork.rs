@@ -6,12 +6,14 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::cgi;
+use crate::cgi_response::Head;
 use crate::child_io::ChildIo;
 use crate::config::Config;
 use crate::duration::format_go;
 use crate::exchange::Exchange;
 use crate::logging::{FunctionLog, Stream};
 use crate::process::{DeadlineGuard, Function, describe_exit};
+use crate::request::RequestInfo;
 use crate::watchdog::Watchdog;
 
 use super::{Limits, Outcome, text};
@@ -37,6 +39,18 @@ pub(super) struct Ended {
     pub(super) timed_out: bool,
     /// The watchdog killed it (client gone, response late, ...): a signal death is no crash.
     pub(super) killed_by_us: bool,
+    /// `cgi_response`: the function's status and headers, if it wrote a header block.
+    pub(super) head: Option<Head>,
+    /// `cgi_response`: why its header block was refused (the call answers 502).
+    pub(super) malformed: Option<String>,
+}
+
+impl Ended {
+    /// Why the function's CGI header block was refused, unless it also exited with an error
+    /// code of its own (then that is the better reason).
+    pub(super) fn refused_head(&self) -> Option<&str> {
+        self.malformed.as_deref().filter(|_| self.status.code().is_none_or(|c| c == 0))
+    }
 }
 
 /// Starts the function for `ex` with its CGI environment and arms its deadline.
@@ -47,7 +61,10 @@ pub(super) fn start(ex: &Exchange, wd: &Watchdog) -> io::Result<Call> {
     let ends_at = limit.map(|l| Instant::now() + l);
     let guard = ends_at.map(|t| wd.deadlines.schedule(t, &f.group));
     let log = FunctionLog::new(Stream::Stderr, wd.config.prefix_logs, wd.config.log_buffer_size);
-    let io = ChildIo::new(f.stdout.take(), f.stderr.take(), log, None);
+    let mut io = ChildIo::new(f.stdout.take(), f.stderr.take(), log, None);
+    if wd.config.cgi_response {
+        io.read_cgi_head(std::sync::Arc::clone(&f.group));
+    }
     Ok(Call { f, io, limit, respond_by, ends_at, _deadline: guard })
 }
 
@@ -59,12 +76,13 @@ pub(super) fn end(call: Call, wd: &Watchdog, buf: &mut [u8]) -> Ended {
         f.group.kill();
     }
     io.wait_exit(f.pid(), buf);
+    let (head, malformed) = io.take_cgi_parts();
     let (timed_out, killed_by_us) = (f.group.timed_out(), f.group.killed());
     let status = wd.children.finish(f);
     if timed_out {
         log::warn!("Function was killed by ExecTimeout: {}", format_go(limit.unwrap_or_default()));
     }
-    Ended { status, timed_out, killed_by_us }
+    Ended { status, timed_out, killed_by_us, head, malformed }
 }
 
 /// The one-line reason a call failed.
@@ -74,6 +92,12 @@ pub(super) fn failure(ended: &Ended, limit: Option<Duration>) -> String {
     } else {
         describe_exit(ended.status)
     }
+}
+
+/// Logs why a function's CGI header block was refused; returns the 502's message.
+pub(super) fn malformed_head(info: &RequestInfo, reason: &str) -> String {
+    log::warn!("{} {}: malformed CGI response from the function: {reason}", info.method, info.uri);
+    format!("malformed CGI response from the function: {reason}\n")
 }
 
 pub(super) fn write_timeout_message(config: &Config) -> String {

@@ -222,11 +222,11 @@ impl Handler for Http {
                 let sent = stream.sent();
                 stream.finish().unwrap_or(sent)
             }
-            Err(Broken::Client) => stream.abort(status),
+            Err(Broken::Client) => stream.abort(),
             Err(Broken::Upstream(e)) => {
                 log::warn!("the upstream's response broke off after {} bytes: {e}", stream.sent());
                 // End the client's connection too, so it cannot take a truncated body as whole.
-                stream.abort(status)
+                stream.abort()
             }
         };
         Outcome { status, bytes }

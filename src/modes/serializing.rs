@@ -5,6 +5,7 @@
 
 use std::io::Write;
 
+use crate::cgi_response;
 use crate::child_io::{self, Next};
 use crate::exchange::{Exchange, duration_header};
 use crate::spool::Spool;
@@ -98,7 +99,7 @@ impl Handler for Serializing {
                         }
                     }
                     Ok(Next::StdoutEnd) | Err(_) => break,
-                    Ok(Next::InputDone | Next::StdoutReady(_)) => {}
+                    Ok(Next::InputDone | Next::StdoutReady(_) | Next::HeadDone) => {}
                     Ok(Next::Deadline) if ends_at.is_some_and(|t| std::time::Instant::now() >= t) => {
                         // exec_timeout: stop waiting even if a descendant that left the group
                         // still holds stdout open.
@@ -120,6 +121,10 @@ impl Handler for Serializing {
         if late && !ended.timed_out {
             return super::text(ex, 504, &fork::write_timeout_message(&wd.config), &timing);
         }
+        if let Some(reason) = ended.refused_head() {
+            let msg = fork::malformed_head(&ex.info, reason);
+            return super::text(ex, 502, &msg, &timing);
+        }
         if ended.timed_out || !ended.status.success() {
             let reason = fork::failure(&ended, limit);
             log::warn!("{} {}: {reason}", ex.info.method, ex.info.uri);
@@ -131,7 +136,8 @@ impl Handler for Serializing {
         if let Some(e) = output_failed {
             return super::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &timing);
         }
-        let headers = [("Content-Type", wd.config.content_type.as_str()), timing[0]];
-        super::send_spool(ex, 200, &headers, &mut output)
+        let own = [("Content-Type", wd.config.content_type.as_str()), timing[0]];
+        let (status, headers) = cgi_response::response(ended.head.as_ref(), &own);
+        super::send_spool(ex, status, &headers, &mut output)
     }
 }

@@ -23,6 +23,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::cgi_response::{self, Head};
 use crate::child_io::{self, Next};
 use crate::exchange::{BodyError, Direct, Exchange, ResponseStream};
 use crate::sockets::Socket;
@@ -59,7 +60,7 @@ enum Duplex {
     Pending(Direct),
     Started(ResponseStream),
     /// The client went away mid-response.
-    Gone(u64),
+    Gone(Outcome),
 }
 
 fn full_duplex(
@@ -69,8 +70,7 @@ fn full_duplex(
     wd: &Watchdog,
     buf: &mut [u8],
 ) -> Outcome {
-    let content_type = wd.config.content_type.as_str();
-    let headers = [("Content-Type", content_type)];
+    let own = [("Content-Type", wd.config.content_type.as_str())];
     let (done_rx, done_tx) = match child_io::done_signal() {
         Ok(pair) => pair,
         Err(e) => {
@@ -103,13 +103,21 @@ fn full_duplex(
             let deadline = earliest(respond, ends_at);
             match io.next(buf, deadline) {
                 Ok(Next::Stdout(n)) => {
-                    let current = std::mem::replace(&mut reply, Duplex::Gone(0));
-                    reply = emit(current, &headers, Output::Bytes(&buf[..n]), &group);
+                    let current = begin(std::mem::replace(&mut reply, GONE), io.cgi_head(), &own);
+                    reply = emit(current, Output::Bytes(&buf[..n]), &group);
+                }
+                Ok(Next::HeadDone) => {
+                    // The function's status and headers go out now, before its body.
+                    let current = begin(std::mem::replace(&mut reply, GONE), io.cgi_head(), &own);
+                    reply = emit(current, Output::Bytes(&[]), &group);
                 }
                 Ok(Next::StdoutReady(n)) => {
-                    let current = std::mem::replace(&mut reply, Duplex::Gone(0));
+                    let current = std::mem::replace(&mut reply, GONE);
                     match io.stdout_fd() {
-                        Some(fd) => reply = emit(current, &headers, Output::Pipe(fd, n), &group),
+                        Some(fd) => {
+                            let current = begin(current, io.cgi_head(), &own);
+                            reply = emit(current, Output::Pipe(fd, n), &group);
+                        }
                         None => reply = current,
                     }
                     if matches!(reply, Duplex::Gone(_)) {
@@ -158,20 +166,23 @@ fn full_duplex(
     let close = !ex.body_done();
     let outcome = match reply {
         Duplex::Started(stream) => finish_stream(stream, &ended, limit, client_error.as_ref()),
-        Duplex::Gone(bytes) => Outcome { status: 200, bytes },
+        Duplex::Gone(outcome) => outcome,
         Duplex::Pending(direct) => {
             let (status, msg) = if let Some(e) = &client_error {
                 log::info!("{} {}: {}", ex.info.method, ex.info.uri, e.message());
                 (e.status(), format!("{}\n", e.message()))
             } else if late && !ended.timed_out {
                 (504, fork::write_timeout_message(&wd.config))
+            } else if let Some(reason) = ended.refused_head() {
+                (502, fork::malformed_head(&ex.info, reason))
             } else if ended.timed_out || !ended.status.success() {
                 (500, format!("{}\n", fork::failure(&ended, limit)))
             } else {
+                // No output at all (a header block always starts the response).
                 (200, String::new())
             };
             let text = [("Content-Type", "text/plain; charset=utf-8")];
-            let headers: &[(&str, &str)] = if status == 200 { &headers } else { &text };
+            let headers: &[(&str, &str)] = if status == 200 { &own } else { &text };
             let bytes = direct.respond(status, headers, msg.as_bytes(), close);
             Outcome { status, bytes }
         }
@@ -193,17 +204,23 @@ enum Output<'a> {
     Pipe(std::os::fd::RawFd, usize),
 }
 
-/// Sends one piece of output, starting the response with it if needed.
-fn emit(
-    reply: Duplex,
-    headers: &[(&str, &str)],
-    data: Output<'_>,
-    group: &crate::process::ProcessGroup,
-) -> Duplex {
-    let mut stream = match reply {
-        Duplex::Pending(direct) => direct.stream(200, headers),
-        Duplex::Started(stream) => stream,
-        gone @ Duplex::Gone(_) => return gone,
+const GONE: Duplex = Duplex::Gone(Outcome { status: 200, bytes: 0 });
+
+/// Starts the response if it has not started: with the function's CGI head, if any.
+fn begin(reply: Duplex, head: Option<&Head>, own: &[(&str, &str)]) -> Duplex {
+    match reply {
+        Duplex::Pending(direct) => {
+            let (status, headers) = cgi_response::response(head, own);
+            Duplex::Started(direct.stream(status, &headers))
+        }
+        other => other,
+    }
+}
+
+/// Sends one piece of output on a started response (an empty piece sends the head only).
+fn emit(reply: Duplex, data: Output<'_>, group: &crate::process::ProcessGroup) -> Duplex {
+    let Duplex::Started(mut stream) = reply else {
+        return reply;
     };
     let sent = match data {
         Output::Bytes(bytes) => stream.write(bytes),
@@ -220,7 +237,7 @@ fn emit(
     if sent.is_err() {
         // The client stopped reading: the output has nowhere to go.
         group.kill();
-        return Duplex::Gone(stream.abort(200));
+        return Duplex::Gone(abort(stream));
     }
     Duplex::Started(stream)
 }
@@ -235,17 +252,23 @@ fn finish_stream(
 ) -> Outcome {
     if let Some(e) = client_error {
         log::info!("request body broke off after the response started: {}", e.message());
-        return Outcome { status: 200, bytes: stream.abort(200) };
+        return abort(stream);
     }
     if !ended.status.success() {
         log::warn!("function failed after its response started: {}", fork::failure(ended, limit));
         let crashed = ended.status.signal().is_some() && !ended.timed_out && !ended.killed_by_us;
         if crashed {
-            return Outcome { status: 200, bytes: stream.abort(200) };
+            return abort(stream);
         }
     }
-    let sent = stream.sent();
-    Outcome { status: 200, bytes: stream.finish().unwrap_or(sent) }
+    let (status, sent) = (stream.status(), stream.sent());
+    Outcome { status, bytes: stream.finish().unwrap_or(sent) }
+}
+
+/// Ends a started response as broken (see `ResponseStream::abort`).
+fn abort(stream: ResponseStream) -> Outcome {
+    let status = stream.status();
+    Outcome { status, bytes: stream.abort() }
 }
 
 /// The response, before and after its first byte, through tiny_http's writer. One per call, on
@@ -255,7 +278,7 @@ enum Reply {
     Pending(Exchange),
     Started(ResponseStream),
     /// The client went away mid-response.
-    Gone(u64),
+    Gone(Outcome),
 }
 
 struct Progress {
@@ -276,19 +299,18 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
         return super::text(ex, e.status(), &format!("{}\n", e.message()), &[]);
     }
 
-    let content_type = wd.config.content_type.as_str();
-    let headers = [("Content-Type", content_type)];
+    let own = [("Content-Type", wd.config.content_type.as_str())];
     let buffer_all = ex.needs_length();
     let mut reply = Reply::Pending(ex);
-    if !spool.is_empty()
+    if (!spool.is_empty() || call.io.cgi_head().is_some())
         && !buffer_all
         && call.io.stdout_open()
         && !state.late
         && state.spool_failed.is_none()
     {
-        reply = start(reply, &headers);
+        reply = start(reply, call.io.cgi_head(), &own);
         if let Reply::Started(stream) = &mut reply
-            && super::copy_spool(&mut spool, stream).is_err()
+            && super::copy_spool(&mut spool, stream).and_then(|()| stream.write(&[])).is_err()
         {
             reply = gone(reply, &mut call);
         }
@@ -309,19 +331,25 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
                     call.f.group.kill();
                 }
             }
-            Ok(Next::Stdout(n)) if matches!(reply, Reply::Pending(_)) => {
-                // The first output: take whatever else is already there, without waiting.
-                // If that includes the end, the answer goes out whole, with a
-                // Content-Length, in one write.
+            Ok(first @ (Next::Stdout(_) | Next::HeadDone))
+                if matches!(reply, Reply::Pending(_))
+                    && !buffer_all
+                    && !state.late
+                    && state.spool_failed.is_none() =>
+            {
+                // The first output (or a complete CGI head): take whatever else is already
+                // there, without waiting. If that includes the end, the answer goes out whole,
+                // with a Content-Length, in one write.
+                let n = if let Next::Stdout(n) = first { n } else { 0 };
                 if let Err(e) = gather(&mut call, &mut spool, buf, n) {
                     state.spool_failed = Some(e);
                     call.f.group.kill();
                     continue;
                 }
                 if call.io.stdout_open() {
-                    reply = start(reply, &headers);
+                    reply = start(reply, call.io.cgi_head(), &own);
                     if let Reply::Started(stream) = &mut reply
-                        && super::copy_spool(&mut spool, stream).is_err()
+                        && super::copy_spool(&mut spool, stream).and_then(|()| stream.write(&[])).is_err()
                     {
                         reply = gone(reply, &mut call);
                     }
@@ -336,7 +364,7 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
                 }
             }
             Ok(Next::StdoutEnd) | Err(_) => break,
-            Ok(Next::InputDone | Next::StdoutReady(_)) => {}
+            Ok(Next::InputDone | Next::StdoutReady(_) | Next::HeadDone) => {}
             Ok(Next::Deadline) if call.ends_at.is_some_and(|t| std::time::Instant::now() >= t) => {
                 call.f.group.kill_for_timeout();
                 call.io.close_stdout();
@@ -351,19 +379,23 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
     let ended = fork::end(call, wd, buf);
     match reply {
         Reply::Started(stream) => finish_stream(stream, &ended, limit, None),
-        Reply::Gone(bytes) => Outcome { status: 200, bytes },
+        Reply::Gone(outcome) => outcome,
         Reply::Pending(ex) => {
+            let (status, headers) = cgi_response::response(ended.head.as_ref(), &own);
             if state.late && !ended.timed_out {
                 super::text(ex, 504, &fork::write_timeout_message(&wd.config), &[])
+            } else if let Some(reason) = ended.refused_head() {
+                let msg = fork::malformed_head(&ex.info, reason);
+                super::text(ex, 502, &msg, &[])
             } else if let Some(e) = state.spool_failed {
                 super::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &[])
             } else if !spool.is_empty() {
-                super::send_spool(ex, 200, &headers, &mut spool)
+                super::send_spool(ex, status, &headers, &mut spool)
             } else if ended.timed_out || !ended.status.success() {
                 super::text(ex, 500, &format!("{}\n", fork::failure(&ended, limit)), &[])
             } else {
-                let bytes = ex.respond(200, &headers, b"");
-                Outcome { status: 200, bytes }
+                let bytes = ex.respond(status, &headers, b"");
+                Outcome { status, bytes }
             }
         }
     }
@@ -415,7 +447,7 @@ fn feed(
                         group.kill();
                     }
                 }
-                Ok(Next::StdoutEnd | Next::StdoutReady(_)) => {}
+                Ok(Next::StdoutEnd | Next::StdoutReady(_) | Next::HeadDone) => {}
                 Ok(Next::InputDone) | Err(_) => break,
                 Ok(Next::Deadline) => {
                     state.late = true;
@@ -444,16 +476,20 @@ fn gather(call: &mut Call, spool: &mut Spool, buf: &mut [u8], n: usize) -> std::
     while spool.len() < SPOOL_MEMORY as u64 {
         match call.io.next(buf, Some(std::time::Instant::now())) {
             Ok(Next::Stdout(m)) => spool.push(&buf[..m])?,
-            Ok(Next::InputDone | Next::StdoutReady(_)) => {}
+            Ok(Next::InputDone | Next::StdoutReady(_) | Next::HeadDone) => {}
             Ok(Next::StdoutEnd | Next::Deadline) | Err(_) => break,
         }
     }
     Ok(())
 }
 
-fn start(reply: Reply, headers: &[(&str, &str)]) -> Reply {
+/// Starts the response: with the function's CGI head, if any.
+fn start(reply: Reply, head: Option<&Head>, own: &[(&str, &str)]) -> Reply {
     match reply {
-        Reply::Pending(ex) => Reply::Started(ex.stream(200, headers, None)),
+        Reply::Pending(ex) => {
+            let (status, headers) = cgi_response::response(head, own);
+            Reply::Started(ex.stream(status, &headers, None))
+        }
         other => other,
     }
 }
@@ -462,7 +498,7 @@ fn start(reply: Reply, headers: &[(&str, &str)]) -> Reply {
 fn gone(reply: Reply, call: &mut Call) -> Reply {
     call.f.group.kill();
     match reply {
-        Reply::Started(stream) => Reply::Gone(stream.abort(200)),
+        Reply::Started(stream) => Reply::Gone(abort(stream)),
         other => other,
     }
 }

@@ -37,6 +37,9 @@ use crate::sockets::{self, Socket};
 const MAX_BACKLOG: usize = 256;
 /// How often the sweeper looks at every connection.
 const TICK: Duration = Duration::from_millis(250);
+/// More than one kernel clock tick (HZ=100 at the coarsest), in milliseconds: see
+/// `received_since`.
+const JIFFY_SLACK_MS: u128 = 25;
 /// At most this many empty connections per sweep to wake tiny_http's pool (`kick`).
 const MAX_KICKS: usize = 256;
 const KICK_CONNECT: Duration = Duration::from_millis(200);
@@ -497,7 +500,9 @@ impl Connections {
                     let partial = if w.requests == 0 {
                         info.bytes_received > 0
                     } else {
-                        u128::from(info.last_data_recv_ms) < waited.as_millis()
+                        // Bytes counted since this idle phase was first seen, or an arrival
+                        // clearly after it began.
+                        grown > 0 || received_since(&info, waited)
                     };
                     decisions.push(Decision {
                         socket: w.socket,
@@ -617,7 +622,7 @@ impl Connections {
             // Not established any more: nothing can come from it.
             Some(info) if info.state != sockets::TCP_ESTABLISHED => true,
             Some(info) if *requests == 0 => info.bytes_received == 0,
-            Some(info) => u128::from(info.last_data_recv_ms) >= now.duration_since(*idle_since).as_millis(),
+            Some(info) => !received_since(&info, now.duration_since(*idle_since)),
             None => true,
         })
     }
@@ -697,4 +702,12 @@ impl Nudge {
             while unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
         }
     }
+}
+
+/// Whether data arrived on a connection within the last `elapsed` (it went idle `elapsed` ago).
+/// The kernel keeps the time of the last arrival in clock ticks (4 ms at HZ=250), so a request
+/// answered within a tick looked like data that came after its answer: `JIFFY_SLACK_MS` of
+/// margin. Data in the first moments of an idle phase is left to other evidence.
+fn received_since(info: &sockets::TcpInfo, elapsed: Duration) -> bool {
+    u128::from(info.last_data_recv_ms) + JIFFY_SLACK_MS < elapsed.as_millis()
 }

@@ -87,6 +87,40 @@ fn an_idle_keep_alive_connection_is_closed_after_read_timeout() {
 }
 
 #[test]
+fn a_quick_answer_then_silence_is_closed_without_a_408_but_a_late_partial_head_gets_one() {
+    let wd = Watchdog::start(&[("fprocess", "cat"), ("read_timeout", "1")]);
+    // Health is answered within microseconds of its request, closer than the kernel's clock
+    // tick for "last data received" (4 ms at HZ=250): the request must not count as data that
+    // came after the answer.
+    let clients: Vec<_> = (0..20u64)
+        .map(|i| {
+            let port = wd.port;
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(37 * i));
+                let mut s = connect(port);
+                s.write_all(b"GET /_/health HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+                let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+                assert_eq!(read_response(&mut r, false).expect("response").status, 200);
+                read_until_closed(&mut s, Duration::from_secs(10))
+            })
+        })
+        .collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        let (rest, closed) = client.join().expect("client");
+        assert!(closed && rest.is_empty(), "client {i}: {}", String::from_utf8_lossy(&rest));
+    }
+    // Part of a head well after the answer, then nothing: that is a 408.
+    let mut s = connect(wd.port);
+    s.write_all(b"GET /_/health HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut r = std::io::BufReader::new(s.try_clone().expect("clone"));
+    assert_eq!(read_response(&mut r, false).expect("response").status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"GET / HT").expect("partial head");
+    let (rest, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(closed && rest.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&rest));
+}
+
+#[test]
 fn an_active_keep_alive_connection_stays_open_past_read_timeout() {
     let wd = Watchdog::start(&[("fprocess", "cat"), ("read_timeout", "1")]);
     let s = TcpStream::connect(("127.0.0.1", wd.port)).expect("connect");

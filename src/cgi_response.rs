@@ -9,6 +9,7 @@
 //! streams on at once. Inside a block every line must be a header; a block longer than
 //! `MAX_HEAD`, or output ending inside it, is malformed (the call answers 502).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::cgi::canonical;
@@ -64,13 +65,13 @@ impl Head {
 
 /// The status and headers a response starts with: the function's head if it wrote one, else
 /// 200 and the watchdog's own headers.
-pub(crate) fn response<'a>(
+pub(crate) fn response<'a, 'o>(
     head: Option<&'a Head>,
-    own: &[(&'a str, &'a str)],
-) -> (u16, Vec<(&'a str, &'a str)>) {
+    own: &'o [(&'a str, &'a str)],
+) -> (u16, Cow<'o, [(&'a str, &'a str)]>) {
     match head {
-        Some(head) => (head.status, head.merge(own)),
-        None => (200, own.to_vec()),
+        Some(head) => (head.status, Cow::Owned(head.merge(own))),
+        None => (200, Cow::Borrowed(own)),
     }
 }
 

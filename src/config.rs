@@ -236,6 +236,16 @@ impl Env<'_> {
     }
 
     /// `true`/`1` and `false`/`0`; with `go_forms`, also Go's `strconv.ParseBool` spellings.
+    /// A boolean option (default false) that only means something in some modes (`applies`):
+    /// set elsewhere, it is warned about (`<name> applies to <scope>; <instead>`) and off.
+    fn boolean_in(&mut self, name: &'static str, applies: bool, scope: &str, instead: &str) -> bool {
+        let on = self.boolean(&[name], false, true);
+        if on && !applies {
+            self.warnings.push(format!("{name} applies to {scope}; {instead}"));
+        }
+        on && applies
+    }
+
     fn boolean(&mut self, names: &[&'static str], default: bool, go_forms: bool) -> bool {
         let mut result = default;
         for name in names {
@@ -415,27 +425,17 @@ where
     };
 
     let fork_mode = matches!(mode, Mode::Streaming | Mode::Serializing);
-    let mut combine_output = env.boolean(&["combine_output"], false, true);
-    if combine_output && !fork_mode {
-        env.warnings.push(
-            "combine_output applies to the streaming and serializing modes; the upstream's stderr is logged"
-                .into(),
-        );
-        combine_output = false;
-    }
-    let mut cgi_response = env.boolean(&["cgi_response"], false, true);
-    if cgi_response && !fork_mode {
-        env.warnings.push(
-            "cgi_response applies to the streaming and serializing modes; the upstream sets its own status and headers; ignored"
-                .into(),
-        );
-        cgi_response = false;
-    }
-    let mut marshal_request = env.boolean(&["marshal_request"], false, true);
-    if marshal_request && mode != Mode::Serializing {
-        env.warnings.push("marshal_request applies to mode=serializing only; ignored".into());
-        marshal_request = false;
-    }
+    let fork_scope = "the streaming and serializing modes";
+    let combine_output =
+        env.boolean_in("combine_output", fork_mode, fork_scope, "the upstream's stderr is logged");
+    let cgi_response = env.boolean_in(
+        "cgi_response",
+        fork_mode,
+        fork_scope,
+        "the upstream sets its own status and headers; ignored",
+    );
+    let marshal_request =
+        env.boolean_in("marshal_request", mode == Mode::Serializing, "mode=serializing only", "ignored");
 
     let read_debug = env.boolean(&["read_debug"], false, true);
     let write_debug = env.boolean(&["write_debug"], false, true);

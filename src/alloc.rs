@@ -7,8 +7,8 @@
 //! asks for `HEAD_ALARM` bytes or more, the connection sweeper is woken (one byte down a pipe:
 //! no lock, no allocation) and cuts the connection that sent over 1 MiB without a complete
 //! head, before the buffer grows much further; the thread that asked pauses 20 ms, so that
-//! even many such readers at once cannot outrun the sweeper. Our own threads are named
-//! `fw-...`; tiny_http's are not.
+//! even many such readers at once cannot outrun the sweeper. Our own threads carry a mark
+//! (`threads`); tiny_http's do not.
 //!
 //! tiny_http drains an unread request body by allocating a buffer of the whole remaining
 //! declared size and reading into it (ENGINEERING.md trap 1). Under the kernel's default
@@ -124,10 +124,7 @@ fn alarm(size: usize) {
     if fd < 0 {
         return;
     }
-    let mut name = [0u8; 16];
-    // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer; no allocation.
-    let ok = unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) } == 0;
-    if ok && !name.starts_with(b"fw-") {
+    if !crate::threads::is_ours() {
         let byte = 1u8;
         // SAFETY: one byte from a valid buffer to a non-blocking pipe.
         unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };

@@ -296,7 +296,7 @@ impl Reader {
             Step::Malformed(reason) => {
                 self.parser = None;
                 self.malformed = Some(reason);
-                self.group.kill();
+                self.group.kill(crate::process::Kill::BadHead);
                 return Read::Malformed;
             }
         };

@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::cgi_response::{Head, Read as HeadRead, Reader};
 use crate::exchange::{BodyError, Exchange};
 use crate::logging::FunctionLog;
-use crate::process::ProcessGroup;
+use crate::process::{Kill, ProcessGroup};
 
 /// What happened next.
 #[derive(Debug, PartialEq, Eq)]
@@ -313,23 +313,45 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// What a call and its body feeder share.
+#[derive(Default)]
+pub(crate) struct Feed {
+    /// The whole body was read; set before stdin closes, so whoever sees the function exit
+    /// after reading its input sees it set.
+    complete: AtomicBool,
+    /// The call stopped reading the body itself (the function exited without reading all of
+    /// it): a read that fails from then on is no client error.
+    stopped: AtomicBool,
+}
+
+impl Feed {
+    pub(crate) fn complete(&self) -> bool {
+        self.complete.load(Ordering::SeqCst)
+    }
+
+    /// The call gives up on the rest of the body; do this before shutting the connection's
+    /// read side, so the feeder does not take the end it sees for the client's failure.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Feeds the request body to the function's stdin as it arrives (streaming mode's helper
 /// thread). If the function stops reading, the rest of the body is still read (and dropped) so
-/// the request can be answered. On a client error the function's group is killed while its
-/// stdin is still open, so it never sees a clean end of a truncated input; stdin is handed back.
-/// `complete` is set once the whole body has been read, before stdin is closed: whoever sees
-/// the function exit after reading its input sees the flag set.
+/// the request can be answered. On a client error the function's group is killed (for that
+/// cause) while its stdin is still open, so it never sees a clean end of a truncated input;
+/// stdin is handed back.
 pub(crate) fn feed_body(
     ex: &mut Exchange,
     mut stdin: Option<ChildStdin>,
     group: &ProcessGroup,
     done: OwnedFd,
-    complete: &AtomicBool,
+    feed: &Feed,
 ) -> Result<u64, (BodyError, Option<ChildStdin>)> {
     let mut buf = vec![0u8; 64 * 1024];
     let result = loop {
         match ex.read_body(&mut buf) {
-            Ok(0) => break Ok(ex.body_read()),
+            Ok(0) => break Ok(true),
             Ok(n) => {
                 if let Some(w) = &mut stdin
                     && w.write_all(&buf[..n]).is_err()
@@ -337,18 +359,21 @@ pub(crate) fn feed_body(
                     stdin = None;
                 }
             }
+            Err(_) if feed.stopped.load(Ordering::SeqCst) => break Ok(false),
             Err(e) => break Err(e),
         }
     };
     match result {
-        Ok(n) => {
-            complete.store(true, Ordering::SeqCst);
+        Ok(whole) => {
+            if whole {
+                feed.complete.store(true, Ordering::SeqCst);
+            }
             drop(stdin);
             drop(done);
-            Ok(n)
+            Ok(ex.body_read())
         }
         Err(e) => {
-            group.kill();
+            group.kill(Kill::ClientBody);
             drop(done);
             Err((e, stdin))
         }

@@ -394,7 +394,7 @@ impl Connections {
     /// Starts the sweeper thread.
     pub(crate) fn start_sweeper(self: &Arc<Self>) -> io::Result<()> {
         let conns = Arc::clone(self);
-        std::thread::Builder::new().name("fw-connections".into()).spawn(move || {
+        crate::threads::spawn("fw-connections", move || {
             let mut quiet = Quiet::default();
             loop {
                 conns.nudge.wait(TICK);

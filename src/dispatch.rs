@@ -70,9 +70,8 @@ pub(crate) fn route(workers: &Workers, turn: Turn) -> Routed {
         }
     };
     ex.count_as_call(Some(slot), Arc::clone(&wd.metrics));
-    if workers.claim() {
+    if let Some(_claim) = workers.claim() {
         run_call(wd, ex);
-        workers.release();
         return Routed::Done;
     }
     match workers.wait_for_worker(Box::new(ex)) {

@@ -83,7 +83,9 @@ const MAX_BODY_LOG: usize = 64 * 1024;
 
 /// A request being answered.
 pub(crate) struct Exchange {
-    req: Request,
+    /// Taken when the request goes back to tiny_http answered; still here when the exchange is
+    /// dropped unanswered (an unwind), which lets it go the guarded way (`let_go`).
+    req: Option<Request>,
     pub(crate) info: RequestInfo,
     conns: Arc<Connections>,
     body_read: u64,
@@ -102,7 +104,28 @@ pub(crate) struct Refused {
     pub(crate) rejection: Rejection,
 }
 
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Some(req) = self.req.take() {
+            let_go(req, &self.conns);
+        }
+    }
+}
+
 impl Exchange {
+    fn req(&self) -> &Request {
+        // Taken only by the methods that consume the exchange.
+        self.req.as_ref().expect("the request is here until the exchange is consumed")
+    }
+
+    fn req_mut(&mut self) -> &mut Request {
+        self.req.as_mut().expect("the request is here until the exchange is consumed")
+    }
+
+    fn take_req(&mut self) -> Request {
+        self.req.take().expect("the request is taken once")
+    }
+
     /// Validates a request's head (SPEC §3). `read_timeout` (zero: none) bounds its body from
     /// the request's start.
     pub(crate) fn accept(
@@ -135,7 +158,7 @@ impl Exchange {
                     conns.reading_body(info.peer, deadline);
                 }
                 Ok(Exchange {
-                    req,
+                    req: Some(req),
                     info,
                     conns: Arc::clone(conns),
                     body_read: 0,
@@ -175,12 +198,12 @@ impl Exchange {
     /// The rest of the connection after an upgrade request's head, bytes tiny_http already
     /// buffered first (trap 14): the client's side of a websocket session.
     pub(crate) fn upgraded_reader(&mut self) -> &mut dyn std::io::Read {
-        self.req.as_reader()
+        self.req_mut().as_reader()
     }
 
     /// The request headers, in order, as sent.
     pub(crate) fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.req.headers().iter().map(|h| (h.field.as_str().as_str(), h.value.as_str()))
+        self.req().headers().iter().map(|h| (h.field.as_str().as_str(), h.value.as_str()))
     }
 
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
@@ -253,7 +276,7 @@ impl Exchange {
             None => buf.len(),
         };
         let n = loop {
-            match self.req.as_reader().read(&mut buf[..want]) {
+            match self.req_mut().as_reader().read(&mut buf[..want]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) if self.deadline.is_some_and(|d| Instant::now() >= d) => {
@@ -328,7 +351,7 @@ impl Exchange {
         self.complete(status);
         let close = !self.body_done;
         if close && !self.stop_reading() {
-            return answer_on_the_side(self.req, status, headers, body);
+            return answer_on_the_side(self.take_req(), status, headers, body);
         }
         let proto = Proto::of(&self.info);
         let send_body = proto.has_body(status);
@@ -337,7 +360,7 @@ impl Exchange {
             out.extend_from_slice(body);
         }
         let remaining = self.remaining();
-        let mut w = into_writer(self.req, remaining, &self.conns, self.info.peer);
+        let mut w = into_writer(self.take_req(), remaining, &self.conns, self.info.peer);
         match w.write_all(&out).and_then(|()| w.flush()) {
             Ok(()) if send_body => body.len() as u64,
             Ok(()) => 0,
@@ -367,7 +390,7 @@ impl Exchange {
         let (conns, peer) = (Arc::clone(&self.conns), self.info.peer);
         let mut stream = ResponseStream::new(
             status,
-            Sink::Tiny(into_writer(self.req, 0, &conns, peer)),
+            Sink::Tiny(into_writer(self.take_req(), 0, &conns, peer)),
             framing,
             head,
             completion,
@@ -387,7 +410,7 @@ impl Exchange {
     /// written through it.
     pub(crate) fn direct(&mut self, socket: Arc<Socket>) -> Direct {
         debug_assert!(!self.info.http10, "direct() needs an HTTP/1.1 client");
-        let _ = self.req.as_reader();
+        let _ = self.req_mut().as_reader();
         Direct {
             socket,
             proto: Proto::of(&self.info),
@@ -405,7 +428,7 @@ impl Exchange {
             self.stop_reading();
         }
         let remaining = self.remaining();
-        drop(into_writer(self.req, remaining, &self.conns, self.info.peer));
+        drop(into_writer(self.take_req(), remaining, &self.conns, self.info.peer));
     }
 
     fn framed_head(&self, status: u16, headers: &[(&str, &str)], length: Option<u64>) -> (Out, Vec<u8>) {
@@ -564,6 +587,43 @@ fn refuse_undrainable(req: Request, rejection: &Rejection, conns: &Connections) 
     });
 }
 
+/// The one way to let go of a request nobody answers (its connection was cut, or it waited
+/// behind a request that ended its connection). Dropping a tiny_http `Request` answers it with a
+/// 500 and drains its unread body into one buffer of the declared size (trap 1): with the
+/// connection's read side shut first the drain ends at once, a huge buffer is mapped one at a
+/// time, and a size no allocation can have (a `Content-Length` beyond `isize::MAX`) panics inside
+/// tiny_http's drop, which is contained here. Without our view of the connection the drain is
+/// paced by the client, so it runs on a thread of its own.
+pub(crate) fn let_go(req: Request, conns: &Connections) {
+    let peer = req.remote_addr().copied();
+    let declared = req.body_length().map_or(0, |n| n as u64);
+    let undrained = declared > request::PRELOAD_LIMIT;
+    if undrained && !conns.stop_reading(peer) {
+        let spawned = crate::threads::spawn("fw-drain", move || drop_contained(req, declared)).map(drop);
+        if let Err(e) = spawned {
+            log::error!("cannot start a thread to let go of a request: {e}");
+        }
+        return;
+    }
+    drop_contained(req, declared);
+}
+
+fn drop_contained(req: Request, declared: u64) {
+    let drop_it = move || {
+        if declared >= HUGE_REMAINDER {
+            let _one = HUGE_DRAIN.lock().unwrap_or_else(PoisonError::into_inner);
+            drop(req);
+        } else {
+            drop(req);
+        }
+    };
+    let caught =
+        crate::logging::expecting_panic(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(drop_it)));
+    if caught.is_err() {
+        log::info!("let go of a request whose Content-Length cannot be drained");
+    }
+}
+
 /// Without our own view of the connection (no /proc), a request whose body is unread is
 /// answered through tiny_http's `respond`, which writes the answer and then drains the body,
 /// paced by the client: on a thread of its own, so no worker waits for it.
@@ -578,14 +638,20 @@ fn answer_on_the_side(req: Request, status: u16, headers: &[(&str, &str)], body:
         }
     }
     let len = body.len() as u64;
-    let spawned = std::thread::Builder::new().name("fw-drain".into()).spawn(move || {
+    let spawned = crate::threads::spawn("fw-drain", move || {
         let remaining = req.body_length().unwrap_or(0) as u64;
-        if remaining >= HUGE_REMAINDER {
-            let _one = HUGE_DRAIN.lock().unwrap_or_else(PoisonError::into_inner);
-            let _ = req.respond(response);
-        } else {
-            let _ = req.respond(response);
-        }
+        let respond = move || {
+            if remaining >= HUGE_REMAINDER {
+                let _one = HUGE_DRAIN.lock().unwrap_or_else(PoisonError::into_inner);
+                let _ = req.respond(response);
+            } else {
+                let _ = req.respond(response);
+            }
+        };
+        // The drain after the answer may panic in tiny_http (trap 1); contained like `let_go`.
+        let _ = crate::logging::expecting_panic(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(respond))
+        });
     });
     if let Err(e) = spawned {
         log::error!("cannot start a thread to finish a request: {e}");

@@ -41,6 +41,7 @@ mod request;
 mod server;
 mod sockets;
 mod spool;
+mod threads;
 mod upstream;
 mod watchdog;
 mod words;
@@ -50,6 +51,7 @@ mod workers;
 static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 fn main() {
+    threads::mark_ours();
     alloc::tune_malloc();
     let code = match cli::parse(std::env::args().skip(1)) {
         cli::Command::Version => {

@@ -219,7 +219,7 @@ pub(crate) fn serve(port: u16, metrics: Arc<Metrics>) -> Option<u16> {
         }
     };
     let bound = listener.local_addr().map(|a| a.port()).unwrap_or(port);
-    let spawned = std::thread::Builder::new().name("fw-metrics".into()).spawn(move || {
+    let spawned = crate::threads::spawn("fw-metrics", move || {
         for conn in listener.incoming() {
             match conn {
                 Ok(stream) => answer(stream, &metrics),

@@ -10,24 +10,59 @@ use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
+
+/// Why the watchdog killed a function's process group: the first cause recorded is the one a
+/// call reports, whatever else (the function's death, other kills) its threads see first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kill {
+    /// exec_timeout, or a shorter X-Timeout.
+    ExecTimeout = 1,
+    /// The response could not start within write_timeout.
+    WriteTimeout = 2,
+    /// The request body broke off, or did not arrive within read_timeout.
+    ClientBody = 3,
+    /// The client stopped reading the response.
+    ClientGone = 4,
+    /// Its CGI header block was malformed (`cgi_response`).
+    BadHead = 5,
+    /// The call is over (or the watchdog is), and whatever is left of the group goes.
+    Cleanup = 6,
+}
+
+impl Kill {
+    fn from_u8(n: u8) -> Option<Kill> {
+        [
+            Kill::ExecTimeout,
+            Kill::WriteTimeout,
+            Kill::ClientBody,
+            Kill::ClientGone,
+            Kill::BadHead,
+            Kill::Cleanup,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == n)
+    }
+}
 
 /// A function process's group. `kill` is safe to call at any time, from any thread.
 pub(crate) struct ProcessGroup {
     pgid: i32,
     reaped: Mutex<bool>,
-    timed_out: AtomicBool,
-    killed: AtomicBool,
+    /// The first `Kill` cause, as its number; 0 while the watchdog has not killed it.
+    cause: AtomicU8,
 }
 
 impl ProcessGroup {
-    /// SIGKILL to the whole group, unless its leader has been reaped.
-    pub(crate) fn kill(&self) {
+    /// SIGKILL to the whole group, unless its leader has been reaped; `why` is remembered if
+    /// it is the first cause.
+    pub(crate) fn kill(&self, why: Kill) {
         let reaped = self.reaped.lock().unwrap_or_else(PoisonError::into_inner);
         if !*reaped {
-            self.killed.store(true, Ordering::Release);
+            let _ = self.cause.compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
             // SAFETY: kill has no memory effects; a negative pid names the group.
             unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
         }
@@ -41,20 +76,9 @@ impl ProcessGroup {
         }
     }
 
-    /// SIGKILL to the whole group because the call's time is up.
-    pub(crate) fn kill_for_timeout(&self) {
-        self.timed_out.store(true, Ordering::Release);
-        self.kill();
-    }
-
-    /// The call's deadline passed and the group was killed for it.
-    pub(crate) fn timed_out(&self) -> bool {
-        self.timed_out.load(Ordering::Acquire)
-    }
-
-    /// The watchdog sent the group SIGKILL while its leader was running.
-    pub(crate) fn killed(&self) -> bool {
-        self.killed.load(Ordering::Acquire)
+    /// Why the watchdog killed the group while its leader ran, if it did.
+    pub(crate) fn killed_for(&self) -> Option<Kill> {
+        Kill::from_u8(self.cause.load(Ordering::Acquire))
     }
 }
 
@@ -155,8 +179,7 @@ impl Children {
         let group = Arc::new(ProcessGroup {
             pgid: child.id() as i32,
             reaped: Mutex::new(false),
-            timed_out: AtomicBool::new(false),
-            killed: AtomicBool::new(false),
+            cause: AtomicU8::new(0),
         });
         self.lock_live().insert(child.id(), Arc::clone(&group));
         Ok(Function {
@@ -206,7 +229,7 @@ impl Children {
     /// Kills every process group still running (at exit).
     pub(crate) fn kill_all(&self) {
         for group in self.lock_live().values() {
-            group.kill();
+            group.kill(Kill::Cleanup);
         }
     }
 
@@ -361,7 +384,7 @@ impl Deadlines {
             seq: AtomicU64::new(0),
         });
         let runner = Arc::clone(&d);
-        std::thread::Builder::new().name("fw-deadlines".into()).spawn(move || runner.run())?;
+        crate::threads::spawn("fw-deadlines", move || runner.run())?;
         Ok(d)
     }
 
@@ -386,7 +409,7 @@ impl Deadlines {
             let first = due.entries.first_key_value().map(|(k, _)| *k);
             if let Some(key) = first.filter(|k| k.0 <= now) {
                 if let Some(group) = due.entries.remove(&key).and_then(|w| w.upgrade()) {
-                    group.kill_for_timeout();
+                    group.kill(Kill::ExecTimeout);
                 }
                 continue;
             }

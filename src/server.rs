@@ -153,7 +153,7 @@ pub(crate) fn run(config: Config) -> i32 {
 }
 
 fn spawn_signal_thread(signals: Signals, pid1: bool, children: Arc<Children>, events: Sender<Event>) {
-    let spawned = std::thread::Builder::new().name("fw-signals".into()).spawn(move || {
+    let spawned = crate::threads::spawn("fw-signals", move || {
         // As PID 1, orphans are swept after SIGCHLD (at most every 100 ms: every call's process
         // sends one) and at least once a second.
         let mut last_sweep = Instant::now();

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, bounded};
 
 use crate::config::{Config, UpstreamUrl};
 use crate::logging::{FunctionLog, Stream};
-use crate::process::{ProcessGroup, describe_exit};
+use crate::process::{Kill, ProcessGroup, describe_exit};
 use crate::watchdog::Watchdog;
 
 /// How long the upstream may take to accept connections before the watchdog gives up.
@@ -75,20 +75,18 @@ impl Upstream {
             has_exited: Arc::clone(&has_exited),
         };
         let watchdog = Arc::clone(wd);
-        std::thread::Builder::new()
-            .name("fw-upstream".into())
-            .spawn(move || {
-                let status = watchdog.children.finish(f);
-                let why = format!("the upstream process exited: {}", describe_exit(status));
-                has_exited.store(true, Ordering::Release);
-                if stopping.load(Ordering::Acquire) {
-                    log::info!("{why}");
-                } else {
-                    watchdog.fail(format!("{why}; stopping the watchdog so it is restarted"));
-                }
-                let _ = tx.send(why);
-            })
-            .map_err(|e| format!("cannot start the upstream monitor: {e}"))?;
+        crate::threads::spawn("fw-upstream", move || {
+            let status = watchdog.children.finish(f);
+            let why = format!("the upstream process exited: {}", describe_exit(status));
+            has_exited.store(true, Ordering::Release);
+            if stopping.load(Ordering::Acquire) {
+                log::info!("{why}");
+            } else {
+                watchdog.fail(format!("{why}; stopping the watchdog so it is restarted"));
+            }
+            let _ = tx.send(why);
+        })
+        .map_err(|e| format!("cannot start the upstream monitor: {e}"))?;
         let _ = self.state.set(running);
         Ok(())
     }
@@ -144,7 +142,7 @@ impl Upstream {
         running.group.terminate();
         if running.exited.recv_timeout(STOP_GRACE).is_err() {
             log::info!("The upstream is still running {}s after SIGTERM: killing it", STOP_GRACE.as_secs());
-            running.group.kill();
+            running.group.kill(Kill::Cleanup);
             let _ = running.exited.recv_timeout(Duration::from_secs(2));
         }
     }
@@ -153,13 +151,13 @@ impl Upstream {
     pub(crate) fn kill(&self) {
         if let Some(running) = self.state.get() {
             running.stopping.store(true, Ordering::Release);
-            running.group.kill();
+            running.group.kill(Kill::Cleanup);
         }
     }
 }
 
 fn relay(name: &'static str, mut pipe: impl Read + Send + 'static, mut log: FunctionLog) {
-    let spawned = std::thread::Builder::new().name(name.into()).spawn(move || {
+    let spawned = crate::threads::spawn(name, move || {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             match pipe.read(&mut buf) {

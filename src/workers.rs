@@ -21,12 +21,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use tiny_http::Server;
 
-use crate::connections::{Arrival, Turn};
+use std::net::SocketAddr;
+
+use crate::connections::{Arrival, Connections, Turn};
 use crate::dispatch::{self, Routed};
-use crate::exchange::Exchange;
+use crate::exchange::{self, Exchange};
 use crate::watchdog::Watchdog;
 
 /// Threads kept waiting for requests beyond the busy ones.
@@ -51,10 +53,10 @@ pub(crate) struct Workers {
 }
 
 /// Work for a thread.
-enum Job {
+enum Job<'a> {
     Turn(Turn),
-    /// A call that waited for a worker; the worker is already claimed for it.
-    Waited(Box<Exchange>),
+    /// A call that waited for a worker, with the worker claimed for it.
+    Waited(Box<Exchange>, Claim<'a>),
 }
 
 impl Workers {
@@ -74,15 +76,13 @@ impl Workers {
         })
     }
 
-    /// Claims one of the `cap` call workers.
-    pub(crate) fn claim(&self) -> bool {
+    /// Claims one of the `cap` call workers; it is given back when the claim is dropped, also
+    /// while unwinding.
+    pub(crate) fn claim(&self) -> Option<Claim<'_>> {
         self.calls
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.cap).then_some(n + 1))
-            .is_ok()
-    }
-
-    pub(crate) fn release(&self) {
-        self.calls.fetch_sub(1, Ordering::AcqRel);
+            .ok()
+            .map(|_| Claim(self))
     }
 
     /// Queues a call for the next free worker; gives it back if the queue is full.
@@ -92,15 +92,12 @@ impl Workers {
 
     /// A queued call, with a worker claimed for it. Checked again after claiming, so a call
     /// queued while the last worker was finishing is never left behind.
-    fn next_waiting(&self) -> Option<Box<Exchange>> {
+    fn next_waiting(&self) -> Option<(Box<Exchange>, Claim<'_>)> {
         while !self.waiting_rx.is_empty() {
-            if !self.claim() {
-                // Every worker is busy; one of them takes it when it finishes.
-                return None;
-            }
-            match self.waiting_rx.try_recv() {
-                Ok(ex) => return Some(ex),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => self.release(),
+            // Every worker busy: one of them takes it when it finishes.
+            let claim = self.claim()?;
+            if let Ok(ex) = self.waiting_rx.try_recv() {
+                return Some((ex, claim));
             }
         }
         None
@@ -109,30 +106,109 @@ impl Workers {
     /// Answers `first`, then the requests that waited behind it on its connection, then calls
     /// that waited for a worker.
     fn serve(&self, first: Turn) {
+        let conns = &self.wd.connections;
         let mut job = Some(Job::Turn(first));
         while let Some(current) = job.take() {
-            let (peer, routed) = match current {
+            let (mut end, routed) = match current {
                 Job::Turn(turn) => {
-                    let peer = turn.req.remote_addr().copied();
-                    (peer, dispatch::route(self, turn))
+                    let end = TurnEnd::new(conns, turn.req.remote_addr().copied());
+                    (end, dispatch::route(self, turn))
                 }
-                Job::Waited(ex) => {
-                    let peer = ex.info.peer;
+                Job::Waited(ex, claim) => {
+                    let end = TurnEnd::new(conns, ex.info.peer);
                     dispatch::run_call(&self.wd, *ex);
-                    self.release();
-                    (peer, Routed::Done)
+                    drop(claim);
+                    (end, Routed::Done)
                 }
             };
-            if let Routed::Done = routed {
-                let (next, discard) = self.wd.connections.finish(peer, true);
-                drop(discard);
-                if let Some(turn) = next {
-                    job = Some(Job::Turn(turn));
-                    continue;
+            match routed {
+                Routed::Done => {
+                    if let Some(turn) = end.next() {
+                        job = Some(Job::Turn(turn));
+                        continue;
+                    }
                 }
+                // Someone else ends it.
+                Routed::Detached => end.forget(),
             }
-            job = self.next_waiting().map(Job::Waited);
+            job = self.next_waiting().map(|(ex, claim)| Job::Waited(ex, claim));
         }
+    }
+}
+
+/// One of the call workers, claimed.
+pub(crate) struct Claim<'a>(&'a Workers);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection's turn: it must end (`next`), or the connection's later requests would wait
+/// forever. If it is dropped without ending, by an unexpected unwind, the connection is cut and
+/// what waited behind it let go.
+struct TurnEnd<'a> {
+    conns: &'a Arc<Connections>,
+    peer: Option<SocketAddr>,
+    open: bool,
+}
+
+impl<'a> TurnEnd<'a> {
+    fn new(conns: &'a Arc<Connections>, peer: Option<SocketAddr>) -> Self {
+        TurnEnd { conns, peer, open: true }
+    }
+
+    /// Ends the turn: the connection's next request, if one waits.
+    fn next(&mut self) -> Option<Turn> {
+        self.open = false;
+        self.end(true)
+    }
+
+    /// The turn is ended elsewhere (a call waiting for a worker, a websocket session).
+    fn forget(&mut self) {
+        self.open = false;
+    }
+
+    fn end(&self, keep: bool) -> Option<Turn> {
+        let (next, discard) = self.conns.finish(self.peer, keep);
+        for req in discard {
+            exchange::let_go(req, self.conns);
+        }
+        next
+    }
+}
+
+impl Drop for TurnEnd<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.end(false);
+        }
+    }
+}
+
+/// Counts a receiving thread while it lives, also when it unwinds.
+struct ThreadPlace<'a>(&'a Workers);
+
+impl Drop for ThreadPlace<'_> {
+    fn drop(&mut self) {
+        self.0.threads.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A receiving thread that is not waiting: counted out of the idle ones while it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn new(idle: &'a AtomicUsize) -> Self {
+        idle.fetch_sub(1, Ordering::AcqRel);
+        Busy(idle)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -197,7 +273,7 @@ impl Receivers {
         }
         self.idle.fetch_add(1, Ordering::AcqRel);
         let me = Arc::clone(self);
-        let spawned = std::thread::Builder::new().name("fw-worker".into()).spawn(move || me.run());
+        let spawned = crate::threads::spawn("fw-worker", move || me.run());
         if let Err(e) = spawned {
             self.idle.fetch_sub(1, Ordering::AcqRel);
             w.threads.fetch_sub(1, Ordering::AcqRel);
@@ -207,26 +283,32 @@ impl Receivers {
     }
 
     fn run(self: Arc<Self>) {
+        let _place = ThreadPlace(&self.workers);
         while let Some(arrival) = self.take() {
             if let Arrival::Waiting = arrival {
                 continue;
             }
             // Busy from here on, whatever it is: spare threads are the ones waiting.
-            self.idle.fetch_sub(1, Ordering::AcqRel);
+            let _busy = Busy::new(&self.idle);
             if self.idle.load(Ordering::Acquire) < self.spare
                 && !self.retired.load(Ordering::Acquire)
                 && let Err(e) = self.spawn()
             {
                 log::error!("cannot start a worker thread: {e}");
             }
-            match arrival {
+            // Calls catch their own panics; this is for a bug anywhere else, which may cost the
+            // request but never the thread or its accounting (the guards restore it).
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match arrival {
                 Arrival::Serve(turn) => self.workers.serve(turn),
-                Arrival::Discard(req) | Arrival::Recheck(req) => drop(req),
+                Arrival::Discard(req) | Arrival::Recheck(req) => {
+                    exchange::let_go(req, &self.workers.wd.connections)
+                }
                 Arrival::Waiting => {}
+            }));
+            if handled.is_err() {
+                log::error!("a request was lost to a bug; the worker goes on");
             }
-            self.idle.fetch_add(1, Ordering::AcqRel);
         }
-        self.workers.threads.fetch_sub(1, Ordering::AcqRel);
         crate::modes::IoBuffer::release();
         crate::alloc::release_own_stack();
     }

@@ -245,3 +245,18 @@ fn ten_clients_sending_gibibyte_header_lines_leave_the_watchdog_alive_and_small(
     assert!(slowest < Duration::from_secs(2), "slowest health check {slowest:?}");
     assert_eq!(wd.post("/", b"still here").text(), "still here");
 }
+
+#[test]
+fn a_body_deadline_is_a_408_even_when_the_killed_function_is_seen_first() {
+    // The deadline kills the function and answers 408; on a loaded machine the worker may see
+    // the function die before the deadline's cause. The cause must win, every time.
+    let _hog = CpuHog::start();
+    let dir = TempDir::new("cause");
+    let f = dir.script("f", "cat > /dev/null; echo ran");
+    let wd = Watchdog::start(&[("fprocess", &f), ("read_timeout", "1")]);
+    for i in 0..8 {
+        let head = b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n";
+        let (got, _) = trickle(wd.port, head, b"abcdefgh", Duration::from_millis(100));
+        assert!(got.starts_with("HTTP/1.1 408"), "attempt {i}: {got:?}");
+    }
+}

@@ -439,3 +439,38 @@ fn upstreams_start_with_no_blocked_signals() {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     assert!(status.contains("SigBlk:\t0000000000000000"), "{status}");
 }
+
+#[test]
+fn a_streamed_answer_cut_by_exec_timeout_arrives_without_its_end() {
+    let dir = TempDir::new("cut");
+    let script = dir.path("drip.py");
+    std::fs::write(
+        &script,
+        r#"
+import sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        self.send_response(200); self.send_header("Transfer-Encoding", "chunked"); self.end_headers()
+        for i in range(10):
+            line = b"line %d\n" % i
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line)); self.wfile.flush(); time.sleep(0.2)
+        self.wfile.write(b"0\r\n\r\n")
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#,
+    )
+    .expect("write");
+    let port = free_port();
+    let wd = http_watchdog(&format!("python3 {} {port}", script.display()), port, &[("exec_timeout", "1")]);
+    let r = streamed_request(wd.port, "GET", "/", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(r.body.starts_with(b"line 0\n"), "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(
+        !r.complete,
+        "cut by exec_timeout, yet it ended with its last chunk: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+}

@@ -151,9 +151,14 @@ fn exec_timeout_kills_the_whole_process_group() {
     let child_pid = dir.path("grandchild.pid");
     let f = dir.script("f", &format!("echo partial; sleep 30 & echo $! > {}; wait", child_pid.display()));
     let wd = Watchdog::start(&[("fprocess", &f), ("exec_timeout", "1")]);
-    let r = wd.post("/", b"");
-    assert_eq!((r.status, r.text().as_str()), (200, "partial\n"));
-    assert!(r.elapsed < Duration::from_secs(10), "took {:?}", r.elapsed);
+    let t = std::time::Instant::now();
+    let r = streamed_request(wd.port, "POST", "/", &[], b"");
+    assert_eq!(
+        (r.status, r.body.as_slice(), r.complete),
+        (200, &b"partial\n"[..], false),
+        "cut at exec_timeout"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
     let pid = read_pid(&child_pid);
     wait_for("the grandchild to be killed", Duration::from_secs(5), || !pid_running(pid));
     wait_for("no zombie children", Duration::from_secs(5), || zombie_children(wd.pid()).is_empty());
@@ -240,4 +245,26 @@ fn functions_start_with_no_blocked_or_caught_signals() {
     let text = wd.post("/", b"").text();
     assert!(text.contains("SigBlk:\t0000000000000000"), "{text}");
     assert!(text.contains("SigCgt:\t0000000000000000"), "{text}");
+}
+
+#[test]
+fn a_stream_the_watchdog_ends_early_arrives_cut_and_is_logged_as_cut() {
+    let dir = TempDir::new("cut");
+    let f = dir.script("f", "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.2; done");
+    // exec_timeout ends it after about five lines: no last chunk, so the client can tell.
+    let mut wd = Watchdog::start(&[("fprocess", &f), ("exec_timeout", "1")]);
+    let r = streamed_request(wd.port, "POST", "/", &[], b"");
+    assert_eq!(r.status, 200);
+    assert!(
+        !r.complete,
+        "a stream cut by exec_timeout ended with its last chunk: {:?}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(r.body.starts_with(b"line 1\n"), "{:?}", String::from_utf8_lossy(&r.body));
+    wd.wait_log("response cut after", STARTUP);
+    // A function that ends the stream itself, even with an error, ends it properly.
+    let g = dir.script("g", "echo one; echo two; exit 3");
+    let wd = Watchdog::start(&[("fprocess", &g)]);
+    let r = streamed_request(wd.port, "POST", "/", &[], b"");
+    assert_eq!((r.status, r.body.as_slice(), r.complete), (200, &b"one\ntwo\n"[..], true));
 }

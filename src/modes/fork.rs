@@ -2,6 +2,7 @@
 //! deadlines, and ending it.
 
 use std::io;
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use crate::config::Config;
 use crate::duration::format_go;
 use crate::exchange::Exchange;
 use crate::logging::{FunctionLog, Stream};
-use crate::process::{DeadlineGuard, Function, describe_exit};
+use crate::process::{DeadlineGuard, Function, Kill, describe_exit};
 use crate::request::RequestInfo;
 use crate::watchdog::Watchdog;
 
@@ -36,9 +37,9 @@ pub(super) struct Call {
 /// How a call's process ended.
 pub(super) struct Ended {
     pub(super) status: ExitStatus,
-    pub(super) timed_out: bool,
-    /// The watchdog killed it (client gone, response late, ...): a signal death is no crash.
-    pub(super) killed_by_us: bool,
+    /// Why the watchdog killed it, if it did: then that is the call's outcome, and a death by
+    /// signal is no crash.
+    pub(super) killed_for: Option<Kill>,
     /// `cgi_response`: the function's status and headers, if it wrote a header block.
     pub(super) head: Option<Head>,
     /// `cgi_response`: why its header block was refused (the call answers 502).
@@ -46,6 +47,15 @@ pub(super) struct Ended {
 }
 
 impl Ended {
+    pub(super) fn timed_out(&self) -> bool {
+        self.killed_for == Some(Kill::ExecTimeout)
+    }
+
+    /// Died of a signal the watchdog did not send.
+    pub(super) fn crashed(&self) -> bool {
+        self.status.signal().is_some() && self.killed_for.is_none()
+    }
+
     /// Why the function's CGI header block was refused, unless it also exited with an error
     /// code of its own (then that is the better reason).
     pub(super) fn refused_head(&self) -> Option<&str> {
@@ -73,24 +83,36 @@ pub(super) fn start(ex: &Exchange, wd: &Watchdog) -> io::Result<Call> {
 pub(super) fn end(call: Call, wd: &Watchdog, buf: &mut [u8]) -> Ended {
     let Call { f, mut io, limit, .. } = call;
     if io.stdout_open() {
-        f.group.kill();
+        f.group.kill(Kill::Cleanup);
     }
     io.wait_exit(f.pid(), buf);
     let (head, malformed) = io.take_cgi_parts();
-    let (timed_out, killed_by_us) = (f.group.timed_out(), f.group.killed());
+    let killed_for = f.group.killed_for();
     let status = wd.children.finish(f);
-    if timed_out {
+    // A cause counts only if the kill is what ended the function; one that exited on its own
+    // (just before, or while the group's stragglers were killed) reports its own exit.
+    let killed_for = killed_for.filter(|_| status.signal().is_some());
+    if killed_for == Some(Kill::ExecTimeout) {
         log::warn!("Function was killed by ExecTimeout: {}", format_go(limit.unwrap_or_default()));
     }
-    Ended { status, timed_out, killed_by_us, head, malformed }
+    Ended { status, killed_for, head, malformed }
 }
 
-/// The one-line reason a call failed.
+/// The one-line reason a call failed: the watchdog's own reason for killing the function, if
+/// it did, else how the function ended.
 pub(super) fn failure(ended: &Ended, limit: Option<Duration>) -> String {
-    if ended.timed_out {
-        format!("function exceeded its timeout of {} and was killed", format_go(limit.unwrap_or_default()))
-    } else {
-        describe_exit(ended.status)
+    match ended.killed_for {
+        Some(Kill::ExecTimeout) => {
+            format!(
+                "function exceeded its timeout of {} and was killed",
+                format_go(limit.unwrap_or_default())
+            )
+        }
+        Some(Kill::WriteTimeout) => "the response did not start within write_timeout".into(),
+        Some(Kill::ClientBody) => "the request body broke off".into(),
+        Some(Kill::ClientGone) => "the client stopped reading the response".into(),
+        Some(Kill::BadHead) => "malformed CGI response from the function".into(),
+        Some(Kill::Cleanup) | None => describe_exit(ended.status),
     }
 }
 

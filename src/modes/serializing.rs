@@ -8,6 +8,7 @@ use std::io::Write;
 use crate::cgi_response;
 use crate::child_io::{self, Next};
 use crate::exchange::{Exchange, duration_header};
+use crate::process::Kill;
 use crate::spool::Spool;
 use crate::watchdog::Watchdog;
 
@@ -75,7 +76,7 @@ impl Handler for Serializing {
                     }
                     _ => {
                         let input = &mut input;
-                        s.spawn(move || {
+                        crate::threads::spawn_scoped(s, move || {
                             if let Ok(mut reader) = input.reader() {
                                 child_io::feed_reader(&mut reader, stdin);
                             }
@@ -95,7 +96,7 @@ impl Handler for Serializing {
                             && let Err(e) = output.push(&buf[..n])
                         {
                             output_failed = Some(e);
-                            group.kill();
+                            group.kill(Kill::Cleanup);
                         }
                     }
                     Ok(Next::StdoutEnd) | Err(_) => break,
@@ -103,13 +104,13 @@ impl Handler for Serializing {
                     Ok(Next::Deadline) if ends_at.is_some_and(|t| std::time::Instant::now() >= t) => {
                         // exec_timeout: stop waiting even if a descendant that left the group
                         // still holds stdout open.
-                        group.kill_for_timeout();
+                        group.kill(Kill::ExecTimeout);
                         io.close_stdout();
                         break;
                     }
                     Ok(Next::Deadline) => {
                         late = true;
-                        group.kill();
+                        group.kill(Kill::WriteTimeout);
                     }
                 }
             }
@@ -118,14 +119,14 @@ impl Handler for Serializing {
         let ended = fork::end(call, wd, &mut buf);
         let duration = duration_header(ex.info.received);
         let timing = [("X-Duration-Seconds", duration.as_str())];
-        if late && !ended.timed_out {
+        if ended.killed_for == Some(Kill::WriteTimeout) {
             return super::text(ex, 504, &fork::write_timeout_message(&wd.config), &timing);
         }
         if let Some(reason) = ended.refused_head() {
             let msg = fork::malformed_head(&ex.info, reason);
             return super::text(ex, 502, &msg, &timing);
         }
-        if ended.timed_out || !ended.status.success() {
+        if ended.timed_out() || !ended.status.success() {
             let reason = fork::failure(&ended, limit);
             log::warn!("{} {}: {reason}", ex.info.method, ex.info.uri);
             // The reference sets the configured Content-Type before it knows the outcome.

@@ -19,13 +19,12 @@
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cgi_response::{self, Head};
-use crate::child_io::{self, Next};
+use crate::child_io::{self, Feed, Next};
 use crate::exchange::{BodyError, Direct, Exchange, ResponseStream};
+use crate::process::Kill;
 use crate::sockets::Socket;
 use crate::spool::Spool;
 use crate::watchdog::Watchdog;
@@ -74,7 +73,7 @@ fn full_duplex(
     let (done_rx, done_tx) = match child_io::done_signal() {
         Ok(pair) => pair,
         Err(e) => {
-            call.f.group.kill();
+            call.f.group.kill(Kill::Cleanup);
             fork::end(call, wd, buf);
             return super::text(ex, 500, &format!("cannot set up the call: {e}\n"), &[]);
         }
@@ -94,10 +93,10 @@ fn full_duplex(
     let io = &mut call.io;
     let mut late = false;
     let mut input_done = false;
-    let mut input_cut = false;
-    let complete = AtomicBool::new(false);
+    let feed = Feed::default();
     let fed = std::thread::scope(|s| {
-        let feeder = s.spawn(|| child_io::feed_body(&mut ex, stdin, &group, done_tx, &complete));
+        let feeder =
+            crate::threads::spawn_scoped(s, || child_io::feed_body(&mut ex, stdin, &group, done_tx, &feed));
         loop {
             let respond = if matches!(reply, Duplex::Pending(_)) && !late { respond_by } else { None };
             let deadline = earliest(respond, ends_at);
@@ -129,23 +128,23 @@ fn full_duplex(
                 Ok(Next::Deadline) if ends_at.is_some_and(|t| std::time::Instant::now() >= t) => {
                     // exec_timeout: the group is killed by the deadline thread; stop waiting for
                     // output even if a descendant that left the group still holds stdout.
-                    group.kill_for_timeout();
+                    group.kill(Kill::ExecTimeout);
                     io.close_stdout();
                     break;
                 }
                 Ok(Next::Deadline) => {
                     late = true;
-                    group.kill();
+                    group.kill(Kill::WriteTimeout);
                 }
             }
         }
         if !input_done {
             // Output is over; the function may still be reading its input.
             io.wait_exit(pid, buf);
-            if !complete.load(Ordering::SeqCst) {
-                // It exited without reading all of it: the rest is not waited for, and the
-                // connection closes after the response.
-                input_cut = true;
+            if !feed.complete() {
+                // It is gone without having read all of it: the rest is not waited for, and
+                // the connection closes after the response.
+                feed.stop();
                 conns.stop_reading(peer);
             }
         }
@@ -155,27 +154,28 @@ fn full_duplex(
         Ok(Ok(_)) => None,
         Ok(Err((e, stdin))) => {
             // Killed before its stdin closes: it never sees a truncated body as complete.
-            call.f.group.kill();
+            call.f.group.kill(Kill::ClientBody);
             drop(stdin);
-            (!input_cut).then_some(e)
+            Some(e)
         }
         Err(panic) => std::panic::resume_unwind(panic),
     };
     let limit = call.limit;
     let ended = fork::end(call, wd, buf);
     let close = !ex.body_done();
+    let label = format!("{} {}", ex.info.method, ex.info.uri);
     let outcome = match reply {
-        Duplex::Started(stream) => finish_stream(stream, &ended, limit, client_error.as_ref()),
+        Duplex::Started(stream) => finish_stream(stream, &ended, limit, client_error.as_ref(), &label),
         Duplex::Gone(outcome) => outcome,
         Duplex::Pending(direct) => {
             let (status, msg) = if let Some(e) = &client_error {
-                log::info!("{} {}: {}", ex.info.method, ex.info.uri, e.message());
+                log::info!("{label}: {}", e.message());
                 (e.status(), format!("{}\n", e.message()))
-            } else if late && !ended.timed_out {
+            } else if ended.killed_for == Some(Kill::WriteTimeout) {
                 (504, fork::write_timeout_message(&wd.config))
             } else if let Some(reason) = ended.refused_head() {
                 (502, fork::malformed_head(&ex.info, reason))
-            } else if ended.timed_out || !ended.status.success() {
+            } else if ended.timed_out() || !ended.status.success() {
                 (500, format!("{}\n", fork::failure(&ended, limit)))
             } else {
                 // No output at all (a header block always starts the response).
@@ -236,30 +236,36 @@ fn emit(reply: Duplex, data: Output<'_>, group: &crate::process::ProcessGroup) -
     };
     if sent.is_err() {
         // The client stopped reading: the output has nowhere to go.
-        group.kill();
+        group.kill(Kill::ClientGone);
         return Duplex::Gone(abort(stream));
     }
     Duplex::Started(stream)
 }
 
-/// Ends a response that has started: normally, or (the client's body broke off, the function
-/// crashed) without its end, so the client cannot take it as complete.
+/// Ends a response that has started. It ends normally when the function ended it, also with
+/// a non-zero exit (logged); it is cut, without its end, when the watchdog ended it early
+/// (exec_timeout, write_timeout, the request body broke off, the client stopped reading) or the
+/// function crashed, so the client cannot take what it got as complete.
 fn finish_stream(
     stream: ResponseStream,
     ended: &Ended,
     limit: Option<std::time::Duration>,
     client_error: Option<&BodyError>,
+    label: &str,
 ) -> Outcome {
-    if let Some(e) = client_error {
-        log::info!("request body broke off after the response started: {}", e.message());
+    let why = if let Some(e) = client_error {
+        Some(e.message())
+    } else if ended.killed_for.is_some() || ended.crashed() {
+        Some(fork::failure(ended, limit))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        log::warn!("{label}: response cut after {} bytes: {why}", stream.sent());
         return abort(stream);
     }
     if !ended.status.success() {
-        log::warn!("function failed after its response started: {}", fork::failure(ended, limit));
-        let crashed = ended.status.signal().is_some() && !ended.timed_out && !ended.killed_by_us;
-        if crashed {
-            return abort(stream);
-        }
+        log::warn!("{label}: function failed after its response started: {}", fork::failure(ended, limit));
     }
     let (status, sent) = (stream.status(), stream.sent());
     Outcome { status, bytes: stream.finish().unwrap_or(sent) }
@@ -293,7 +299,7 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
     let mut state = Progress { late: false, spool_failed: None };
 
     if let Err(e) = feed(&mut ex, &mut call, &mut spool, buf, &mut state) {
-        call.f.group.kill();
+        call.f.group.kill(Kill::ClientBody);
         fork::end(call, wd, buf);
         log::info!("{} {}: {}", ex.info.method, ex.info.uri, e.message());
         return super::text(ex, e.status(), &format!("{}\n", e.message()), &[]);
@@ -301,6 +307,7 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
 
     let own = [("Content-Type", wd.config.content_type.as_str())];
     let buffer_all = ex.needs_length();
+    let label = format!("{} {}", ex.info.method, ex.info.uri);
     let mut reply = Reply::Pending(ex);
     if (!spool.is_empty() || call.io.cgi_head().is_some())
         && !buffer_all
@@ -328,7 +335,7 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
                     && let Err(e) = spool.push(&buf[..n])
                 {
                     state.spool_failed = Some(e);
-                    call.f.group.kill();
+                    call.f.group.kill(Kill::Cleanup);
                 }
             }
             Ok(first @ (Next::Stdout(_) | Next::HeadDone))
@@ -343,7 +350,7 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
                 let n = if let Next::Stdout(n) = first { n } else { 0 };
                 if let Err(e) = gather(&mut call, &mut spool, buf, n) {
                     state.spool_failed = Some(e);
-                    call.f.group.kill();
+                    call.f.group.kill(Kill::Cleanup);
                     continue;
                 }
                 if call.io.stdout_open() {
@@ -366,23 +373,23 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
             Ok(Next::StdoutEnd) | Err(_) => break,
             Ok(Next::InputDone | Next::StdoutReady(_) | Next::HeadDone) => {}
             Ok(Next::Deadline) if call.ends_at.is_some_and(|t| std::time::Instant::now() >= t) => {
-                call.f.group.kill_for_timeout();
+                call.f.group.kill(Kill::ExecTimeout);
                 call.io.close_stdout();
             }
             Ok(Next::Deadline) => {
                 state.late = true;
-                call.f.group.kill();
+                call.f.group.kill(Kill::WriteTimeout);
             }
         }
     }
     let limit = call.limit;
     let ended = fork::end(call, wd, buf);
     match reply {
-        Reply::Started(stream) => finish_stream(stream, &ended, limit, None),
+        Reply::Started(stream) => finish_stream(stream, &ended, limit, None, &label),
         Reply::Gone(outcome) => outcome,
         Reply::Pending(ex) => {
             let (status, headers) = cgi_response::response(ended.head.as_ref(), &own);
-            if state.late && !ended.timed_out {
+            if ended.killed_for == Some(Kill::WriteTimeout) {
                 super::text(ex, 504, &fork::write_timeout_message(&wd.config), &[])
             } else if let Some(reason) = ended.refused_head() {
                 let msg = fork::malformed_head(&ex.info, reason);
@@ -391,7 +398,7 @@ fn spooled(mut ex: Exchange, mut call: Call, wd: &Watchdog, buf: &mut [u8]) -> O
                 super::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &[])
             } else if !spool.is_empty() {
                 super::send_spool(ex, status, &headers, &mut spool)
-            } else if ended.timed_out || !ended.status.success() {
+            } else if ended.timed_out() || !ended.status.success() {
                 super::text(ex, 500, &format!("{}\n", fork::failure(&ended, limit)), &[])
             } else {
                 let bytes = ex.respond(status, &headers, b"");
@@ -433,9 +440,10 @@ fn feed(
     let respond_by = call.respond_by;
     let group = std::sync::Arc::clone(&call.f.group);
     let io = &mut call.io;
-    let complete = AtomicBool::new(false);
+    let feed = Feed::default();
     let fed = std::thread::scope(|s| {
-        let feeder = s.spawn(|| child_io::feed_body(ex, stdin, &group, done_tx, &complete));
+        let feeder =
+            crate::threads::spawn_scoped(s, || child_io::feed_body(ex, stdin, &group, done_tx, &feed));
         loop {
             let deadline = if state.late { None } else { respond_by };
             match io.next(buf, deadline) {
@@ -444,14 +452,14 @@ fn feed(
                         && let Err(e) = spool.push(&buf[..n])
                     {
                         state.spool_failed = Some(e);
-                        group.kill();
+                        group.kill(Kill::Cleanup);
                     }
                 }
                 Ok(Next::StdoutEnd | Next::StdoutReady(_) | Next::HeadDone) => {}
                 Ok(Next::InputDone) | Err(_) => break,
                 Ok(Next::Deadline) => {
                     state.late = true;
-                    group.kill();
+                    group.kill(Kill::WriteTimeout);
                 }
             }
         }
@@ -461,7 +469,7 @@ fn feed(
         Ok(Ok(_)) => Ok(()),
         Ok(Err((e, stdin))) => {
             // Killed before its stdin closes: it never sees a truncated body as complete.
-            group.kill();
+            group.kill(Kill::ClientBody);
             drop(stdin);
             Err(e)
         }
@@ -496,7 +504,7 @@ fn start(reply: Reply, head: Option<&Head>, own: &[(&str, &str)]) -> Reply {
 
 /// The client stopped reading: the output has nowhere to go, so the function is stopped.
 fn gone(reply: Reply, call: &mut Call) -> Reply {
-    call.f.group.kill();
+    call.f.group.kill(Kill::ClientGone);
     match reply {
         Reply::Started(stream) => Reply::Gone(abort(stream)),
         other => other,

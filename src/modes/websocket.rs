@@ -113,7 +113,7 @@ pub(crate) fn start(wd: &Arc<Watchdog>, mut ex: Exchange) -> Routed {
     let _ = up.set_write_timeout(None);
     let session = Session { ex, up, client, relay };
     let wd = Arc::clone(wd);
-    let spawned = std::thread::Builder::new().name("fw-websocket".into()).spawn(move || session.run(&wd));
+    let spawned = crate::threads::spawn("fw-websocket", move || session.run(&wd));
     match spawned {
         Ok(_) => Routed::Detached,
         Err(e) => {
@@ -345,7 +345,7 @@ impl Session {
         );
         std::thread::scope(|s| {
             // Client to upstream: tiny_http's reader is the client's side, buffered bytes first.
-            let inbound = s.spawn(|| {
+            let inbound = crate::threads::spawn_scoped(s, || {
                 if let Ok(mut w) = up_write {
                     let reader = ex.upgraded_reader();
                     let _ = copy(reader, &mut w);
@@ -372,7 +372,9 @@ impl Session {
         ex.complete_as(101);
         ex.release();
         let (_, discard) = wd.connections.finish(peer, false);
-        drop(discard);
+        for req in discard {
+            crate::exchange::let_go(req, &wd.connections);
+        }
         drop(relay);
         if !quiet {
             dispatch::log_call(

@@ -671,3 +671,108 @@ pub fn metric(wd: &Watchdog, sample: &str) -> Option<f64> {
     let text = request(port, "GET", "/metrics", &[], b"").text();
     text.lines().find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// A response read to the end of its connection, with whether its body ended properly: the
+/// last chunk of a chunked body, or all of a Content-Length. A stream the server cut off
+/// arrives incomplete.
+#[derive(Debug)]
+pub struct Streamed {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub complete: bool,
+}
+
+/// Sends one request (Content-Length body, `Connection: close`) and reads the response until
+/// the server closes the connection.
+pub fn streamed_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Streamed {
+    let mut s = connect(port);
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("send head");
+    s.write_all(body).expect("send body");
+    let (raw, _) = read_until_closed(&mut s, Duration::from_secs(30));
+    parse_streamed(&raw)
+}
+
+/// Parses a raw response (see `Streamed`).
+pub fn parse_streamed(raw: &[u8]) -> Streamed {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4).unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_string())
+        })
+    };
+    let mut rest = &raw[end..];
+    if header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+                return Streamed { status, body, complete: false };
+            };
+            let size = std::str::from_utf8(&rest[..line_end])
+                .ok()
+                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok());
+            let Some(size) = size else { return Streamed { status, body, complete: false } };
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                return Streamed { status, body, complete: rest.starts_with(b"\r\n") };
+            }
+            if rest.len() < size + 2 {
+                body.extend_from_slice(&rest[..rest.len().min(size)]);
+                return Streamed { status, body, complete: false };
+            }
+            body.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+    }
+    let complete = match header("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) => rest.len() >= n,
+        None => true,
+    };
+    Streamed { status, body: rest.to_vec(), complete }
+}
+
+/// Two busy loops for the length of a test: a loaded 2-core machine, so that a race between
+/// threads shows up instead of hiding behind an idle CPU.
+pub struct CpuHog(Vec<Child>);
+
+impl CpuHog {
+    pub fn start() -> CpuHog {
+        CpuHog(
+            (0..2)
+                .map(|_| {
+                    Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .stdin(Stdio::null())
+                        .spawn()
+                        .expect("start a busy loop")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -3,26 +3,12 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
-use crate::exchange::Exchange;
-use crate::request::Framing;
+use crate::http_server::{Exchange, Framing, canonical_name};
 
 /// Header names whose `Http_` variable the watchdog sets itself; a request header must not
 /// spoof them (SPEC §10.7). Host and Transfer-Encoding are re-derived from the request, as Go
 /// moves them out of `r.Header`.
 const RESERVED: &[&str] = &["Method", "Path", "Query", "Host", "Transfer-Encoding"];
-
-/// Go's `textproto.CanonicalMIMEHeaderKey` for a valid token: `x-custom-HEADER` becomes
-/// `X-Custom-Header` (request::inspect has already refused names that are not tokens).
-pub(crate) fn canonical(name: &str) -> String {
-    let mut upper = true;
-    name.chars()
-        .map(|c| {
-            let out = if upper { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() };
-            upper = c == '-';
-            out
-        })
-        .collect()
-}
 
 /// `Http_<Header_Name>` for each request header (first value wins), then the watchdog's own
 /// variables, which override anything a header produced.
@@ -31,7 +17,7 @@ pub(crate) fn environment(ex: &Exchange) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = Vec::with_capacity(16);
     let mut seen: Vec<String> = Vec::with_capacity(16);
     for (name, value) in ex.headers() {
-        let key = canonical(name);
+        let key = canonical_name(name);
         if seen.contains(&key)
             || key.eq_ignore_ascii_case("Proxy") // httpoxy: HTTP_PROXY must never come from a client
             || RESERVED.iter().any(|r| r.eq_ignore_ascii_case(&key))
@@ -56,23 +42,4 @@ pub(crate) fn environment(ex: &Exchange) -> Vec<(OsString, OsString)> {
         env.push(("Http_Host".into(), host.into()));
     }
     env
-}
-
-#[cfg(test)]
-mod tests {
-    use super::canonical;
-
-    #[test]
-    fn canonical_header_names_follow_go() {
-        for (raw, want) in [
-            ("content-type", "Content-Type"),
-            ("X-CUSTOM-header", "X-Custom-Header"),
-            ("x", "X"),
-            ("a--b", "A--B"),
-            ("weird_name", "Weird_name"),
-            ("x-forwarded-for", "X-Forwarded-For"),
-        ] {
-            assert_eq!(canonical(raw), want, "{raw}");
-        }
-    }
 }

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::cgi::canonical;
+use crate::http_server::canonical_name as canonical;
 use crate::process::ProcessGroup;
 
 /// The longest header block taken, blank line included.

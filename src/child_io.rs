@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::cgi_response::{Head, Read as HeadRead, Reader};
-use crate::exchange::{BodyError, Exchange};
+use crate::http_server::{BodyError, BodyReader};
 use crate::logging::FunctionLog;
 use crate::process::{Kill, ProcessGroup};
 
@@ -342,7 +342,7 @@ impl Feed {
 /// cause) while its stdin is still open, so it never sees a clean end of a truncated input;
 /// stdin is handed back.
 pub(crate) fn feed_body(
-    ex: &mut Exchange,
+    body: &mut BodyReader,
     mut stdin: Option<ChildStdin>,
     group: &ProcessGroup,
     done: OwnedFd,
@@ -350,7 +350,7 @@ pub(crate) fn feed_body(
 ) -> Result<u64, (BodyError, Option<ChildStdin>)> {
     let mut buf = vec![0u8; 64 * 1024];
     let result = loop {
-        match ex.read_body(&mut buf) {
+        match body.read(&mut buf) {
             Ok(0) => break Ok(true),
             Ok(n) => {
                 if let Some(w) = &mut stdin
@@ -370,7 +370,7 @@ pub(crate) fn feed_body(
             }
             drop(stdin);
             drop(done);
-            Ok(ex.body_read())
+            Ok(body.bytes_read())
         }
         Err(e) => {
             group.kill(Kill::ClientBody);

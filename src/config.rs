@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::duration::{self, parse_config_duration};
-use crate::words;
+use crate::shell_words;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -304,9 +304,8 @@ where
 
     let fprocess = env.get(&["function_process", "fprocess"]).map(|(_, v)| v.to_string());
     let argv = match &fprocess {
-        Some(line) => {
-            words::split(line).map_err(|e| ConfigError(format!("cannot split fprocess {line:?}: {e}")))?
-        }
+        Some(line) => shell_words::split(line)
+            .map_err(|e| ConfigError(format!("cannot split fprocess {line:?}: {e}")))?,
         None => Vec::new(),
     };
     if argv.is_empty() && mode != Mode::Static {
@@ -410,7 +409,7 @@ where
     let ready_path = env
         .get(&["ready_path"])
         .map(|(_, v)| if v.starts_with('/') { v.to_string() } else { format!("/{v}") });
-    if let Some(path) = ready_path.as_deref().filter(|p| !crate::request::valid_target(p)) {
+    if let Some(path) = ready_path.as_deref().filter(|p| !crate::http_server::valid_target(p)) {
         return Err(ConfigError(format!("invalid ready_path {path:?}: not a valid request path")));
     }
 

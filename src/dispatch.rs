@@ -1,182 +1,175 @@
-//! Routing each request (SPEC §3, §6): the one place that decides what a request is (a refusal,
-//! health, readiness, a websocket, a function call) and who answers it. Runs on the thread that
-//! took the request from tiny_http (`workers`); answers that are not calls are written at once,
-//! calls run on that same thread when a worker is free.
+//! Routing each request: the one place that decides what a request is (health, readiness, a
+//! websocket, a function call) and who answers it. It runs on the thread that took the request
+//! from the HTTP server; answers that are not calls are written at once, and calls run on the
+//! same thread once admitted (`limiter`).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Weak};
 
-use crate::connections::Turn;
-use crate::exchange::{self, Exchange};
-use crate::limiter::Refusal;
-use crate::logging::{self, CallRecord};
-use crate::modes::Outcome;
-use crate::watchdog::Watchdog;
-use crate::workers::Workers;
+use crate::config::Mode;
+use crate::http_server::{self, Exchange, RequestInfo, Service};
+use crate::lifecycle::Lifecycle;
+use crate::limiter::{Admitted, Limiter, Refusal};
+use crate::logging::{CallLog, Outcome};
+use crate::metrics::Metrics;
+use crate::modes::{Context, Handler};
 
-/// What became of a request.
-pub(crate) enum Routed {
-    /// Answered: its connection may go on with its next request.
-    Done,
-    /// Someone else answers it and ends its turn (a call waiting for a worker, a websocket).
-    Detached,
+pub(crate) struct Dispatcher {
+    me: Weak<Dispatcher>,
+    pub(crate) ctx: Context,
+    pub(crate) handler: Box<dyn Handler>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) limiter: Arc<Limiter>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
-pub(crate) fn route(workers: &Workers, turn: Turn) -> Routed {
-    let wd = &workers.wd;
-    let mut ex = match Exchange::accept(turn, &wd.connections, wd.config.read_timeout) {
-        Ok(ex) => ex,
-        Err(refused) => {
-            exchange::refuse(*refused, &wd.connections);
-            return Routed::Done;
-        }
-    };
-    match ex.info.path.as_slice() {
-        b"/_/health" => {
-            health(wd, ex);
-            return Routed::Done;
-        }
-        b"/_/ready" => {
-            ready(wd, ex);
-            return Routed::Done;
-        }
-        _ => {}
+impl Dispatcher {
+    pub(crate) fn new(
+        ctx: Context,
+        handler: Box<dyn Handler>,
+        lifecycle: Arc<Lifecycle>,
+        limiter: Arc<Limiter>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Dispatcher> {
+        Arc::new_cyclic(|me| Dispatcher { me: me.clone(), ctx, handler, lifecycle, limiter, metrics })
     }
-    if ex.info.upgrade.is_some() && wd.handler.relays_upgrades() {
-        return crate::modes::websocket::start(&workers.wd, ex);
+
+    /// The call's log line, as the configuration wants it.
+    fn call_log(&self, info: &RequestInfo, method: &str, uri: &str) -> CallLog {
+        let config = &self.ctx.config;
+        CallLog {
+            method: method.to_string(),
+            uri: uri.to_string(),
+            call_id: config.log_callid.then(|| info.call_id.clone().unwrap_or_else(|| "none".into())),
+            received: info.received,
+            quiet: info.kube_probe,
+            status_text: (config.mode == Mode::Http).then_some(http_server::reason),
+        }
     }
-    let slot = match wd.limiter.acquire() {
-        Ok((slot, waited)) => {
-            if wd.limiter.queues() {
-                wd.metrics.observe_queue_wait(waited);
+
+    /// Counts the call when its last bytes go out, and frees its place then, if it has one.
+    fn count(&self, ex: &mut Exchange, slot: Option<crate::limiter::Slot>) {
+        let metrics = Arc::clone(&self.metrics);
+        let (method, received) = (ex.info.method.clone(), ex.info.received);
+        ex.on_last_bytes(move |status| {
+            drop(slot);
+            metrics.observe(&method, status, received.elapsed());
+        });
+    }
+
+    /// A function call that got its admission.
+    fn call(&self, mut ex: Exchange, admission: Result<Admitted, Refusal>) {
+        let admitted = match admission {
+            Ok(a) => a,
+            Err(refusal) => return self.refuse(ex, refusal),
+        };
+        if self.limiter.queues() {
+            self.metrics.observe_queue_wait(admitted.waited);
+        }
+        self.count(&mut ex, Some(admitted.slot));
+        let config = &self.ctx.config;
+        if config.read_debug || config.write_debug {
+            let cap = config.log_buffer_size.unwrap_or(usize::MAX);
+            ex.log_bodies(config.read_debug, config.write_debug, cap);
+        }
+        let log = self.call_log(&ex.info, &ex.info.method, &ex.info.uri);
+        log.write(self.handle(ex));
+    }
+
+    /// The handler's answer; a panic anywhere in it costs this request a 500 (the exchange,
+    /// dropped while unwinding, ends its turn and frees its place), never the thread.
+    fn handle(&self, ex: Exchange) -> Outcome {
+        let (method, received) = (ex.info.method.clone(), ex.info.received);
+        match catch_unwind(AssertUnwindSafe(|| self.handler.handle(ex, &self.ctx))) {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.metrics.observe(&method, 500, received.elapsed());
+                Outcome { status: 500, bytes: 0 }
             }
-            slot
         }
-        Err(Refusal::Busy) => {
-            ex.count_as_call(None, Arc::clone(&wd.metrics));
-            let max = wd.limiter.max();
-            busy(ex, &format!("Concurrent request limit exceeded. Max concurrent requests: {max}\n"));
-            return Routed::Done;
-        }
-        Err(Refusal::Closing) => {
-            ex.count_as_call(None, Arc::clone(&wd.metrics));
-            ex.respond(
-                503,
-                &[("Content-Type", "text/plain; charset=utf-8")],
-                b"The watchdog is shutting down\n",
-            );
-            return Routed::Done;
-        }
-    };
-    ex.count_as_call(Some(slot), Arc::clone(&wd.metrics));
-    if let Some(_claim) = workers.claim() {
-        run_call(wd, ex);
-        return Routed::Done;
     }
-    match workers.wait_for_worker(Box::new(ex)) {
-        Ok(()) => Routed::Detached,
-        Err(ex) => {
-            let n = wd.config.workers();
-            let msg = format!(
-                "Concurrent request limit exceeded: all {n} workers are busy and {n} calls are waiting\n"
-            );
-            busy(*ex, &msg);
-            Routed::Done
+
+    /// A call that got no place: 429 (counted as a call, not logged, as the Go watchdog's
+    /// limiter answers before its logging handler), or 503 at the end of a drain.
+    fn refuse(&self, mut ex: Exchange, refusal: Refusal) {
+        self.count(&mut ex, None);
+        match refusal {
+            Refusal::Busy => {
+                let headers = [
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("X-Content-Type-Options", "nosniff"),
+                    ("X-OpenFaaS-Internal", "faas-middleware"),
+                ];
+                ex.respond(429, &headers, self.limiter.busy_message().as_bytes());
+            }
+            Refusal::Closing => {
+                let headers = [("Content-Type", "text/plain; charset=utf-8")];
+                ex.respond(503, &headers, b"The watchdog is shutting down\n");
+            }
         }
+    }
+
+    fn health(&self, ex: Exchange) {
+        if ex.info.method != "GET" {
+            ex.respond(405, &[("Allow", "GET")], b"");
+        } else if self.lifecycle.healthy() {
+            ex.respond(200, &[("Content-Type", "text/plain; charset=utf-8")], b"OK");
+        } else {
+            ex.respond(503, &[], b"");
+        }
+    }
+
+    /// `/_/ready`: 503 when unhealthy, 429 at max_inflight, else the function's own answer to
+    /// `GET <ready_path>` (not counted against max_inflight), else 200.
+    fn ready(&self, mut ex: Exchange) {
+        if ex.info.method != "GET" {
+            ex.respond(405, &[("Allow", "GET")], b"");
+            return;
+        }
+        if !self.lifecycle.healthy() {
+            ex.respond(503, &[], b"");
+            return;
+        }
+        if self.limiter.saturated() {
+            ex.respond(429, &[], b"");
+            return;
+        }
+        let Some(path) = &self.ctx.config.ready_path else {
+            ex.respond(200, &[], b"");
+            return;
+        };
+        if ex.info.retarget("GET", path).is_err() {
+            ex.respond(500, &[], b"");
+            return;
+        }
+        let log = self.call_log(&ex.info, "GET", path);
+        log.write(self.handle(ex));
+    }
+
+    /// A relayed upgrade (http mode): it holds a place while it lasts, taken now or refused.
+    fn upgrade(&self, mut ex: Exchange) {
+        let Some(slot) = self.limiter.try_acquire() else {
+            return self.refuse(ex, Refusal::Busy);
+        };
+        self.count(&mut ex, Some(slot));
+        let log = self.call_log(&ex.info, &ex.info.method, &ex.info.uri);
+        self.handler.upgrade(ex, &self.ctx, log);
     }
 }
 
-/// One function call. A panic anywhere in the mode's handler is caught here: the request gets
-/// a 500 (tiny_http answers a dropped request) and the thread lives on.
-pub(crate) fn run_call(wd: &Watchdog, mut ex: Exchange) {
-    if wd.config.read_debug || wd.config.write_debug {
-        let cap = wd.config.log_buffer_size.unwrap_or(usize::MAX);
-        ex.log_bodies(wd.config.read_debug, wd.config.write_debug, cap);
-    }
-    let (method, uri, call_id) = (ex.info.method.clone(), ex.info.uri.clone(), ex.info.call_id.clone());
-    let (received, quiet) = (ex.info.received, ex.info.kube_probe);
-    let outcome = match catch_unwind(AssertUnwindSafe(|| wd.handler.handle(ex, wd))) {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            wd.metrics.observe(&method, 500, received.elapsed());
-            Outcome { status: 500, bytes: 0 }
+impl Service for Dispatcher {
+    fn serve(&self, ex: Exchange) {
+        match ex.info.path.as_slice() {
+            b"/_/health" => return self.health(ex),
+            b"/_/ready" => return self.ready(ex),
+            _ => {}
         }
-    };
-    if !quiet {
-        log_call(wd, &method, &uri, call_id.as_deref(), received, outcome);
-    }
-}
-
-pub(crate) fn log_call(
-    wd: &Watchdog,
-    method: &str,
-    uri: &str,
-    call_id: Option<&str>,
-    received: Instant,
-    outcome: Outcome,
-) {
-    logging::request_line(&CallRecord {
-        method,
-        uri,
-        status: outcome.status,
-        bytes: outcome.bytes,
-        duration: received.elapsed(),
-        call_id: wd.config.log_callid.then(|| call_id.unwrap_or("none")),
-        status_text: wd.config.mode == crate::config::Mode::Http,
-    });
-}
-
-/// 429 for a call that found no place (SPEC §6): counted in the metrics as a call, but not
-/// logged, as the reference's limiter answers before its logging handler.
-fn busy(ex: Exchange, msg: &str) {
-    let headers = [
-        ("Content-Type", "text/plain; charset=utf-8"),
-        ("X-Content-Type-Options", "nosniff"),
-        ("X-OpenFaaS-Internal", "faas-middleware"),
-    ];
-    ex.respond(429, &headers, msg.as_bytes());
-}
-
-fn health(wd: &Watchdog, ex: Exchange) {
-    if ex.info.method != "GET" {
-        ex.respond(405, &[("Allow", "GET")], b"");
-    } else if wd.lifecycle.healthy() {
-        ex.respond(200, &[("Content-Type", "text/plain; charset=utf-8")], b"OK");
-    } else {
-        ex.respond(503, &[], b"");
-    }
-}
-
-/// `/_/ready`: 503 when unhealthy, 429 at max_inflight, else the function's own answer to
-/// `GET <ready_path>` (not counted against max_inflight), else 200.
-fn ready(wd: &Watchdog, mut ex: Exchange) {
-    if ex.info.method != "GET" {
-        ex.respond(405, &[("Allow", "GET")], b"");
-        return;
-    }
-    if !wd.lifecycle.healthy() {
-        ex.respond(503, &[], b"");
-        return;
-    }
-    if wd.limiter.saturated() {
-        ex.respond(429, &[], b"");
-        return;
-    }
-    let Some(path) = &wd.config.ready_path else {
-        ex.respond(200, &[], b"");
-        return;
-    };
-    if ex.info.retarget("GET", path).is_err() {
-        ex.respond(500, &[], b"");
-        return;
-    }
-    let (received, quiet, call_id) = (ex.info.received, ex.info.kube_probe, ex.info.call_id.clone());
-    let outcome = match catch_unwind(AssertUnwindSafe(|| wd.handler.handle(ex, wd))) {
-        Ok(outcome) => outcome,
-        Err(_) => Outcome { status: 500, bytes: 0 },
-    };
-    if !quiet {
-        log_call(wd, "GET", path, call_id.as_deref(), received, outcome);
+        if ex.info.upgrade.is_some() && self.handler.relays_upgrades() {
+            return self.upgrade(ex);
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        self.limiter.admit(move |admission| me.call(ex, admission));
+        // Calls that waited for a place while this one ran go on this thread.
+        self.limiter.run_parked();
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 
-use crate::cgi::canonical;
+use crate::http_server::canonical_name as canonical;
 use crate::spool::Spool;
 
 /// Writes the envelope of `body` (read to its end) with `headers` to `out`.

@@ -1,4 +1,4 @@
-//! Everything the watchdog writes to its own stdout and stderr (SPEC §8).
+//! Everything the watchdog writes to its own stdout and stderr.
 //!
 //! Three kinds of lines, each rendered in one place:
 //! - the watchdog's own messages (`log::info!` and friends, through env_logger),
@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::config::LogFormat;
@@ -101,7 +101,6 @@ fn write_stderr(line: &[u8]) {
     let _ = std::io::stderr().lock().write_all(line);
 }
 
-/// What the per-call log line reports.
 /// `read_debug`/`write_debug`: the first `cap` bytes of a request or response body, logged in
 /// one line (escaped) when the body ends or the call is over, whichever comes first.
 pub(crate) struct BodyLog {
@@ -141,22 +140,61 @@ impl Drop for BodyLog {
     }
 }
 
-pub(crate) struct CallRecord<'a> {
-    pub(crate) method: &'a str,
-    pub(crate) uri: &'a str,
+/// How a call ended, for its log line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome {
     pub(crate) status: u16,
+    /// Response body bytes sent.
     pub(crate) bytes: u64,
-    pub(crate) duration: Duration,
-    pub(crate) call_id: Option<&'a str>,
-    /// Write the status with its text (`200 OK`), as the reference does in http mode.
-    pub(crate) status_text: bool,
+}
+
+/// A call's log line, prepared when the call starts and written when it ends (for a websocket,
+/// when its session ends, on another thread).
+pub(crate) struct CallLog {
+    pub(crate) method: String,
+    pub(crate) uri: String,
+    /// `log_callid`: the call's `X-Call-Id` (`none` without one); `None`: not shown.
+    pub(crate) call_id: Option<String>,
+    pub(crate) received: Instant,
+    /// No line (`User-Agent: kube-probe/*`).
+    pub(crate) quiet: bool,
+    /// The status's text, where it is written (`200 OK`, as the Go watchdog does in http mode).
+    pub(crate) status_text: Option<fn(u16) -> &'static str>,
+}
+
+impl CallLog {
+    pub(crate) fn write(&self, outcome: Outcome) {
+        if self.quiet {
+            return;
+        }
+        request_line(&CallRecord {
+            method: &self.method,
+            uri: &self.uri,
+            status: outcome.status,
+            bytes: outcome.bytes,
+            duration: self.received.elapsed(),
+            call_id: self.call_id.as_deref(),
+            reason: self.status_text.map_or("", |text| text(outcome.status)),
+        });
+    }
+}
+
+struct CallRecord<'a> {
+    method: &'a str,
+    uri: &'a str,
+    status: u16,
+    bytes: u64,
+    duration: Duration,
+    call_id: Option<&'a str>,
+    /// Written after the status, if not empty.
+    reason: &'a str,
 }
 
 /// The one line per function call: `POST /path - 200 - ContentLength: 13B (0.0049s)` (http
-/// mode: `- 200 OK -`). The size is the body bytes sent, where the reference writes the
+/// mode: `- 200 OK -`). The size is the body bytes sent, where the Go watchdog writes the
 /// upstream's declared length (`-1B` when it streams).
-pub(crate) fn request_line(rec: &CallRecord<'_>) {
-    let reason = if rec.status_text { crate::exchange::reason(rec.status) } else { "" };
+fn request_line(rec: &CallRecord<'_>) {
+    let reason = rec.reason;
     let status = if reason.is_empty() { rec.status.to_string() } else { format!("{} {reason}", rec.status) };
     let mut msg = format!(
         "{} {} - {status} - ContentLength: {} ({:.4}s)",

@@ -7,52 +7,41 @@
 //! contract with the orchestrator: health and readiness endpoints, a lock file, a concurrency
 //! limit, timeouts, a graceful drain on SIGTERM, and Prometheus metrics.
 //!
-//! The design is synchronous. tiny_http (`listener`) parses requests; a pool of worker threads
-//! (`workers`) takes them from its queue directly and routes each (`dispatch`): health checks,
-//! readiness and refusals are answered at once, function calls run on the same thread, up to
-//! a fixed number at a time. Beside tiny_http, the watchdog keeps its own view of every
-//! accepted connection (`connections`, `sockets`): one request at a time per connection, and
-//! the read and write deadlines tiny_http lacks. Each mode lives in one file under `modes/`.
-//! Every workaround for a quirk of tiny_http lives in `exchange` (one request and its
-//! response), `connections` (what spans requests) or `listener` (accepting). The state all of
-//! them share is in `watchdog`.
+//! The design is synchronous. `http_server` accepts and reads requests with tiny_http and owns
+//! everything about connections (its module note explains how, and where each of tiny_http's
+//! quirks is handled); `dispatch` decides what each request is; `limiter` admits calls; each
+//! mode lives in one file under `modes/` and runs function processes through `process` and
+//! `child_io`; `run` starts it all in order and drains it on SIGTERM.
 
-mod alloc;
 mod cgi;
 mod cgi_response;
 mod child_io;
 mod cli;
 mod clock;
 mod config;
-mod connections;
 mod dispatch;
 mod duration;
 mod envelope;
-mod exchange;
+mod http_server;
+mod io_buffer;
 mod json;
 mod lifecycle;
 mod limiter;
-mod listener;
 mod logging;
 mod metrics;
 mod modes;
 mod process;
-mod request;
-mod server;
-mod sockets;
+mod run;
+mod shell_words;
 mod spool;
 mod threads;
-mod upstream;
-mod watchdog;
-mod words;
-mod workers;
 
 #[global_allocator]
-static GLOBAL: alloc::Allocator = alloc::Allocator;
+static GLOBAL: http_server::Allocator = http_server::Allocator;
 
 fn main() {
     threads::mark_ours();
-    alloc::tune_malloc();
+    http_server::tune_malloc();
     let code = match cli::parse(std::env::args().skip(1)) {
         cli::Command::Version => {
             println!("{}", cli::version_line());
@@ -93,5 +82,5 @@ fn serve() -> i32 {
     for warning in warnings {
         log::warn!("{warning}");
     }
-    server::run(config)
+    run::run(config)
 }

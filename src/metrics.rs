@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §9), written by hand in text format 0.0.4, and the small server
+//! Prometheus metrics, written by hand in text format 0.0.4, and the small server
 //! that exposes them on `metrics_port`.
 //!
 //! The hot path is one short mutex-protected map update per function call; exposition reads
@@ -130,6 +130,13 @@ impl Metrics {
         out.push_str("# TYPE http_requests_in_flight gauge\n");
         let _ = writeln!(out, "http_requests_in_flight {}", self.limiter.in_flight());
         self.render_queue(&mut out);
+        out.push_str(
+            "# HELP fwatchdog_refused_heads_total Request heads answered with an error before they reached the HTTP parser, by reason.\n",
+        );
+        out.push_str("# TYPE fwatchdog_refused_heads_total counter\n");
+        for (reason, n) in crate::http_server::refused_heads() {
+            let _ = writeln!(out, "fwatchdog_refused_heads_total{{reason=\"{reason}\"}} {n}");
+        }
         process_metrics(&mut out);
         out
     }
@@ -280,7 +287,7 @@ mod tests {
 
     #[test]
     fn histogram_is_cumulative_with_inf_equal_to_count() {
-        let m = Metrics::new(Limiter::new(0, Duration::ZERO, 0));
+        let m = Metrics::new(Limiter::new(0, 1024, Duration::ZERO, 0));
         m.observe("POST", 200, Duration::from_millis(300));
         m.observe("POST", 200, Duration::from_millis(3));
         m.observe("POST", 200, Duration::from_secs(30));

@@ -23,10 +23,6 @@ impl Spool {
         self.len
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Everything fits in memory (and can be borrowed whole with `as_slice`).
     pub(crate) fn in_memory(&self) -> bool {
         self.file.is_none()

@@ -199,24 +199,47 @@ fn responses_carry_no_tiny_http_server_header() {
 /// there is no answer and no log line. What must hold: nothing else is affected, and the
 /// percent-encoded forms clients should send work.
 #[test]
-fn non_ascii_bytes_in_the_head_close_only_that_connection() {
-    let wd = Watchdog::start(&[("fprocess", "cat")]);
-    let heads: [&[u8]; 2] = [
-        b"GET / HTTP/1.1\r\nHost: x\r\ncf-region: S\xc3\xa3o Paulo\r\n\r\n",
-        b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",
+fn heads_tiny_http_cannot_read_get_a_clear_answer_and_are_counted() {
+    let mut wd = Watchdog::start(&[("fprocess", "cat")]);
+    let cases: [(&[u8], &str); 5] = [
+        (b"GET / HTTP/1.1\r\nHost: x\r\ncf-region: S\xc3\xa3o Paulo\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+        (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+        (b"GET / HTTP/1.1\nHost: x\n\n", "HTTP/1.1 400 Bad Request"),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "HTTP/1.1 505 HTTP Version Not Supported"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "HTTP/1.1 400 Bad Request"),
     ];
-    for head in heads {
+    for (head, want) in cases {
         let mut s = wd.connect();
         s.write_all(head).expect("send");
         let (bytes, closed) = read_until_closed(&mut s, Duration::from_secs(20));
-        assert!(closed, "the connection stays open");
-        assert!(
-            bytes.is_empty(),
-            "tiny_http now answers: update the README: {:?}",
-            String::from_utf8_lossy(&bytes)
-        );
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(closed && text.starts_with(want), "{:?}: {text:?}", String::from_utf8_lossy(head));
     }
+    wd.wait_log("refused a byte beyond ASCII in the request head", STARTUP);
+    wd.wait_log("refused an HTTP/2 or HTTP/3 request line", STARTUP);
+    assert_eq!(metric(&wd, "fwatchdog_refused_heads_total{reason=\"non_ascii\"}"), Some(2.0));
+    assert_eq!(metric(&wd, "fwatchdog_refused_heads_total{reason=\"version\"}"), Some(2.0));
+    assert_eq!(metric(&wd, "fwatchdog_refused_heads_total{reason=\"bare_lf\"}"), Some(1.0));
+    // Percent-encoded, the same request is served; nothing else was affected.
     assert_eq!(wd.get("/caf%C3%A9").status, 200);
     assert_eq!(wd.request("GET", "/", &[("cf-region", "S%C3%A3o Paulo")], b"").status, 200);
     assert_eq!(wd.get("/_/health").status, 200);
+}
+
+#[test]
+fn an_http2_request_line_leaves_no_thread_or_descriptor_behind() {
+    // tiny_http itself would deadlock the connection's thread for good on such a head.
+    let wd = Watchdog::start(&[("fprocess", "cat")]);
+    assert_eq!(wd.post("/", b"warm").text(), "warm");
+    std::thread::sleep(Duration::from_millis(300));
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", wd.pid())).map(|d| d.count()).unwrap_or(0);
+    let (threads, descriptors) = (wd.threads(), fds());
+    for _ in 0..200 {
+        let mut s = wd.connect();
+        let _ = s.write_all(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n");
+        let _ = read_until_closed(&mut s, Duration::from_secs(10));
+    }
+    wait_for("threads and descriptors back", Duration::from_secs(20), || {
+        wd.threads() <= threads + 6 && fds() <= descriptors
+    });
 }

@@ -11,13 +11,11 @@ use crate::cgi_response::Head;
 use crate::child_io::ChildIo;
 use crate::config::Config;
 use crate::duration::format_go;
-use crate::exchange::Exchange;
+use crate::http_server::Exchange;
 use crate::logging::{FunctionLog, Stream};
 use crate::process::{DeadlineGuard, Function, Kill, describe_exit};
-use crate::request::RequestInfo;
-use crate::watchdog::Watchdog;
 
-use super::{Limits, Outcome, text};
+use super::{Context, Limits, Outcome, text};
 
 /// A running function process for one request.
 pub(super) struct Call {
@@ -64,15 +62,15 @@ impl Ended {
 }
 
 /// Starts the function for `ex` with its CGI environment and arms its deadline.
-pub(super) fn start(ex: &Exchange, wd: &Watchdog) -> io::Result<Call> {
+pub(super) fn start(ex: &Exchange, ctx: &Context) -> io::Result<Call> {
     let env = cgi::environment(ex);
-    let mut f = wd.children.spawn_with(&wd.config.argv, &env, wd.config.combine_output)?;
-    let Limits { limit, respond_by } = Limits::of(&ex.info, &wd.config);
+    let mut f = ctx.children.spawn_with(&ctx.config.argv, &env, ctx.config.combine_output)?;
+    let Limits { limit, respond_by } = Limits::of(&ex.info, &ctx.config);
     let ends_at = limit.map(|l| Instant::now() + l);
-    let guard = ends_at.map(|t| wd.deadlines.schedule(t, &f.group));
-    let log = FunctionLog::new(Stream::Stderr, wd.config.prefix_logs, wd.config.log_buffer_size);
+    let guard = ends_at.map(|t| ctx.deadlines.schedule(t, &f.group));
+    let log = FunctionLog::new(Stream::Stderr, ctx.config.prefix_logs, ctx.config.log_buffer_size);
     let mut io = ChildIo::new(f.stdout.take(), f.stderr.take(), log, None);
-    if wd.config.cgi_response {
+    if ctx.config.cgi_response {
         io.read_cgi_head(std::sync::Arc::clone(&f.group));
     }
     Ok(Call { f, io, limit, respond_by, ends_at, _deadline: guard })
@@ -80,7 +78,7 @@ pub(super) fn start(ex: &Exchange, wd: &Watchdog) -> io::Result<Call> {
 
 /// Waits for the process to exit (relaying the rest of its stderr), kills what is left of its
 /// group and reaps it. A caller that gives up on stdout before its end gets the group killed.
-pub(super) fn end(call: Call, wd: &Watchdog, buf: &mut [u8]) -> Ended {
+pub(super) fn end(call: Call, ctx: &Context, buf: &mut [u8]) -> Ended {
     let Call { f, mut io, limit, .. } = call;
     if io.stdout_open() {
         f.group.kill(Kill::Cleanup);
@@ -88,7 +86,7 @@ pub(super) fn end(call: Call, wd: &Watchdog, buf: &mut [u8]) -> Ended {
     io.wait_exit(f.pid(), buf);
     let (head, malformed) = io.take_cgi_parts();
     let killed_for = f.group.killed_for();
-    let status = wd.children.finish(f);
+    let status = ctx.children.finish(f);
     // A cause counts only if the kill is what ended the function; one that exited on its own
     // (just before, or while the group's stragglers were killed) reports its own exit.
     let killed_for = killed_for.filter(|_| status.signal().is_some());
@@ -116,9 +114,10 @@ pub(super) fn failure(ended: &Ended, limit: Option<Duration>) -> String {
     }
 }
 
-/// Logs why a function's CGI header block was refused; returns the 502's message.
-pub(super) fn malformed_head(info: &RequestInfo, reason: &str) -> String {
-    log::warn!("{} {}: malformed CGI response from the function: {reason}", info.method, info.uri);
+/// Logs why a function's CGI header block was refused (`label`: the call's method and URI);
+/// returns the 502's message.
+pub(super) fn malformed_head(label: &str, reason: &str) -> String {
+    log::warn!("{label}: malformed CGI response from the function: {reason}");
     format!("malformed CGI response from the function: {reason}\n")
 }
 
@@ -126,8 +125,8 @@ pub(super) fn write_timeout_message(config: &Config) -> String {
     format!("function response not ready within write_timeout ({})\n", format_go(config.write_timeout))
 }
 
-pub(super) fn spawn_failed(ex: Exchange, wd: &Watchdog, e: &io::Error, extra: &[(&str, &str)]) -> Outcome {
-    let program = wd.config.argv.first().map(String::as_str).unwrap_or("");
+pub(super) fn spawn_failed(ex: Exchange, ctx: &Context, e: &io::Error, extra: &[(&str, &str)]) -> Outcome {
+    let program = ctx.config.argv.first().map(String::as_str).unwrap_or("");
     log::error!("cannot start function {program:?}: {e}");
     text(ex, 500, &format!("cannot start function {program:?}: {e}\n"), extra)
 }

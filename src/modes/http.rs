@@ -1,4 +1,4 @@
-//! http mode (SPEC §5): one long-running server, every request relayed to it with ureq.
+//! http mode: one long-running server, every request relayed to it with ureq.
 //!
 //! One shared Agent (ENGINEERING.md, ureq section): no proxy from the environment, no
 //! redirects, statuses are not errors, no headers of its own, and a keep-alive pool as large as
@@ -12,15 +12,14 @@ use std::time::{Duration, Instant};
 
 use ureq::http;
 
+use super::upstream::Upstream;
 use crate::duration::seconds_f6;
-use crate::exchange::{BodyError, Exchange, ResponseStream};
-use crate::request::Framing;
+use crate::http_server::{BodyError, Exchange, Framing, ResponseWriter, canonical_name, origin_form};
+use crate::io_buffer::IoBuffer;
+use crate::logging::CallLog;
 use crate::spool::Spool;
-use crate::upstream::Upstream;
-use crate::watchdog::Watchdog;
 
-use super::IoBuffer;
-use super::{Handler, Outcome};
+use super::{Context, Fail, Handler, Outcome};
 
 const BUFFERED_BODY_MEMORY: usize = 1024 * 1024;
 
@@ -141,15 +140,15 @@ enum Failure {
 }
 
 impl Handler for Http {
-    fn start(&self, wd: &std::sync::Arc<Watchdog>) -> Result<(), String> {
-        self.upstream.start(wd)
+    fn start(&self, ctx: &Context, fail: Fail) -> Result<(), String> {
+        self.upstream.start(ctx, fail)
     }
 
-    fn wait_ready(&self, _wd: &Watchdog) -> Result<(), String> {
+    fn wait_ready(&self) -> Result<(), String> {
         self.upstream.wait_ready()
     }
 
-    fn shutdown(&self, _wd: &Watchdog) {
+    fn shutdown(&self) {
         self.upstream.stop();
     }
 
@@ -161,14 +160,14 @@ impl Handler for Http {
         true
     }
 
-    fn upgrade_target(&self) -> Option<(std::net::SocketAddr, &str)> {
-        Some((self.upstream.addr, self.prefix.as_str()))
+    fn upgrade(&self, ex: Exchange, ctx: &Context, log: CallLog) {
+        super::websocket::relay(ex, ctx, self.upstream.addr, &self.prefix, log);
     }
 
-    fn handle(&self, mut ex: Exchange, wd: &Watchdog) -> Outcome {
-        let super::Limits { limit, respond_by } = super::Limits::of(&ex.info, &wd.config);
+    fn handle(&self, mut ex: Exchange, ctx: &Context) -> Outcome {
+        let super::Limits { limit, respond_by } = super::Limits::of(&ex.info, &ctx.config);
         let started = Instant::now();
-        let result = self.relay(&mut ex, wd, limit, respond_by);
+        let result = self.relay(&mut ex, ctx, limit, respond_by);
         let duration = seconds_f6(started.elapsed());
         let response = match result {
             Ok(response) => response,
@@ -190,7 +189,7 @@ impl Handler for Http {
             .headers
             .iter()
             .filter(|(name, _)| *name != "content-length" && !hop_by_hop(name.as_str(), &tokens))
-            .filter_map(|(name, value)| Some((crate::cgi::canonical(name.as_str()), value.to_str().ok()?)))
+            .filter_map(|(name, value)| Some((canonical_name(name.as_str()), value.to_str().ok()?)))
             .collect();
         let mut headers: Vec<(&str, &str)> = named.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         headers.push(("X-Duration-Seconds", &duration));
@@ -216,7 +215,7 @@ impl Handler for Http {
             }
             return super::send_spool(ex, status, &headers, &mut spool);
         }
-        let mut stream = ex.stream(status, &headers, length);
+        let mut stream = ex.start(status, &headers, length);
         let bytes = match copy_body(&mut reader, &mut stream) {
             Ok(()) => {
                 let sent = stream.sent();
@@ -241,7 +240,7 @@ enum Broken {
 }
 
 /// Relays the upstream's body piece by piece, each piece flushed to the client.
-fn copy_body(reader: &mut impl Read, stream: &mut ResponseStream) -> Result<(), Broken> {
+fn copy_body(reader: &mut impl Read, stream: &mut ResponseWriter) -> Result<(), Broken> {
     let mut buf = IoBuffer::take();
     loop {
         let n = match reader.read(&mut buf) {
@@ -260,11 +259,11 @@ impl Http {
     fn relay(
         &self,
         ex: &mut Exchange,
-        wd: &Watchdog,
+        ctx: &Context,
         limit: Option<Duration>,
         respond_by: Option<Instant>,
     ) -> Result<http::Response<ureq::Body>, Failure> {
-        let target = crate::request::origin_form(&ex.info.uri).ok_or(Failure::BadTarget)?;
+        let target = origin_form(&ex.info.uri).ok_or(Failure::BadTarget)?;
         let uri = format!("{}{}", self.base, target);
         let mut builder = http::Request::builder().method(ex.info.method.as_str()).uri(uri.as_str());
         let tokens = connection_tokens(
@@ -283,7 +282,7 @@ impl Http {
         }
         let mut failed = None;
         let configure = Timing { limit, respond_by };
-        let buffer = wd.config.buffer_body || ex.info.preloaded;
+        let buffer = ctx.config.buffer_body || ex.info.preloaded;
         let result = match ex.info.framing {
             Framing::Empty if ex.header("content-length").is_some() || sends_body(&ex.info.method) => {
                 // An empty body the client framed (`Content-Length: 0`), or a POST, PUT or PATCH

@@ -1,59 +1,70 @@
-//! One module per mode (SPEC §4, §5, §10.8); each turns a request into a response. This file
-//! holds what every mode uses: the `Handler` trait, a call's time limits, and plain answers.
+//! One module per mode; each turns a request into an answer: streaming and serializing fork a
+//! function per request (`fork` holds what they share), http relays to one long-running server
+//! (and relays websockets, `websocket`), static serves files. This file holds what every mode
+//! uses: the `Handler` trait, the `Context` a handler is given, a call's time limits, and plain
+//! answers.
 
 mod fork;
 pub(crate) mod http;
 pub(crate) mod serializing;
 pub(crate) mod static_files;
 pub(crate) mod streaming;
+pub(crate) mod upstream;
 pub(crate) mod websocket;
 
 use std::io::{self, Read};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Mode};
-use crate::exchange::{Exchange, ResponseStream};
-use crate::request::RequestInfo;
+use crate::http_server::{Exchange, RequestInfo, ResponseWriter};
+use crate::io_buffer::IoBuffer;
+use crate::logging::CallLog;
+pub(crate) use crate::logging::Outcome;
+use crate::process::{Children, Deadlines};
 use crate::spool::Spool;
-use crate::watchdog::Watchdog;
 
-/// How a call ended, for the request log line.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Outcome {
-    pub(crate) status: u16,
-    /// Response body bytes sent.
-    pub(crate) bytes: u64,
+/// What a handler is given besides the request: the configuration and the function processes.
+pub(crate) struct Context {
+    pub(crate) config: Config,
+    pub(crate) children: Arc<Children>,
+    /// exec_timeout's clock.
+    pub(crate) deadlines: Arc<Deadlines>,
 }
 
+/// Ends the watchdog with a non-zero status (http mode: the upstream died).
+pub(crate) type Fail = Box<dyn Fn(String) + Send + Sync>;
+
 pub(crate) trait Handler: Send + Sync {
-    /// Answers one request. Runs on a worker thread (or the control pool for `ready_path`).
-    fn handle(&self, ex: Exchange, wd: &Watchdog) -> Outcome;
+    /// Answers one request.
+    fn handle(&self, ex: Exchange, ctx: &Context) -> Outcome;
 
-    /// Starts what the mode runs besides calls (http mode: the upstream process).
-    fn start(&self, _wd: &std::sync::Arc<Watchdog>) -> Result<(), String> {
-        Ok(())
-    }
-
-    /// Blocks until the mode can take calls (http mode: its upstream accepts connections).
-    fn wait_ready(&self, _wd: &Watchdog) -> Result<(), String> {
-        Ok(())
-    }
-
-    /// After the drain (http mode: stop the upstream).
-    fn shutdown(&self, _wd: &Watchdog) {}
-
-    /// Ends what the mode keeps running, at once (a second signal during the drain).
-    fn kill(&self) {}
-
-    /// `Upgrade` requests are relayed as websockets (http mode), not handled as calls.
+    /// Upgrade requests (`Connection: upgrade`) are relayed as sessions (`upgrade`), not calls.
     fn relays_upgrades(&self) -> bool {
         false
     }
 
-    /// Where a relayed upgrade goes: the upstream's address and path prefix (http mode).
-    fn upgrade_target(&self) -> Option<(std::net::SocketAddr, &str)> {
-        None
+    /// Relays an upgrade request as a session (http mode), with `log` written when it ends.
+    fn upgrade(&self, ex: Exchange, ctx: &Context, log: CallLog) {
+        log.write(self.handle(ex, ctx));
     }
+
+    /// Starts what the mode runs besides calls (http mode: the upstream process); `fail` ends
+    /// the watchdog if that stops.
+    fn start(&self, _ctx: &Context, _fail: Fail) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Blocks until the mode can take calls (http mode: its upstream accepts connections).
+    fn wait_ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// After the drain (http mode: stop the upstream).
+    fn shutdown(&self) {}
+
+    /// Ends what the mode keeps running, at once (a second signal during the drain).
+    fn kill(&self) {}
 }
 
 pub(crate) fn build(config: &Config) -> Result<Box<dyn Handler>, String> {
@@ -62,48 +73,6 @@ pub(crate) fn build(config: &Config) -> Result<Box<dyn Handler>, String> {
         Mode::Serializing => Ok(Box::new(serializing::Serializing)),
         Mode::Http => Ok(Box::new(http::Http::new(config)?)),
         Mode::Static => Ok(Box::new(static_files::StaticFiles::new(&config.static_path)?)),
-    }
-}
-
-/// Size of the buffer stdout, stderr and bodies are moved through.
-pub(crate) const IO_BUFFER: usize = 64 * 1024;
-
-thread_local! {
-    static SPARE_BUFFER: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
-}
-
-/// An I/O buffer of `IO_BUFFER` bytes, kept per worker thread between calls (a fresh 64 KiB
-/// zeroed allocation per call showed up in profiles).
-pub(crate) struct IoBuffer(Vec<u8>);
-
-impl IoBuffer {
-    pub(crate) fn take() -> IoBuffer {
-        IoBuffer(SPARE_BUFFER.with(|b| b.take()).unwrap_or_else(|| vec![0u8; IO_BUFFER]))
-    }
-
-    /// Frees this thread's spare buffer (the thread is about to end).
-    pub(crate) fn release() {
-        SPARE_BUFFER.with(|b| drop(b.take()));
-    }
-}
-
-impl Drop for IoBuffer {
-    fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.0);
-        SPARE_BUFFER.with(|b| b.set(Some(buf)));
-    }
-}
-
-impl std::ops::Deref for IoBuffer {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for IoBuffer {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.0
     }
 }
 
@@ -128,6 +97,11 @@ impl Limits {
     }
 }
 
+/// `X-Duration-Seconds` for a call that started at `since`.
+pub(crate) fn duration_header(since: Instant) -> String {
+    crate::duration::seconds_f6(since.elapsed())
+}
+
 /// A plain-text response.
 pub(crate) fn text(ex: Exchange, status: u16, msg: &str, extra: &[(&str, &str)]) -> Outcome {
     let mut headers = vec![("Content-Type", "text/plain; charset=utf-8")];
@@ -142,13 +116,16 @@ pub(crate) fn send_spool(ex: Exchange, status: u16, headers: &[(&str, &str)], sp
         let bytes = ex.respond(status, headers, body);
         return Outcome { status, bytes };
     }
-    let mut stream = ex.stream(status, headers, Some(spool.len()));
-    let bytes = copy_spool(spool, &mut stream).and_then(|()| stream.finish()).unwrap_or(0);
+    let mut w = ex.start(status, headers, Some(spool.len()));
+    let bytes = match copy_spool(spool, &mut w) {
+        Ok(()) => w.finish().unwrap_or(0),
+        Err(_) => w.abort(),
+    };
     Outcome { status, bytes }
 }
 
-/// Writes the spool's content to a started response.
-pub(crate) fn copy_spool(spool: &mut Spool, stream: &mut ResponseStream) -> io::Result<()> {
+/// Writes the spool's content to a started answer.
+pub(crate) fn copy_spool(spool: &mut Spool, w: &mut ResponseWriter) -> io::Result<()> {
     let mut reader = spool.reader()?;
     let mut buf = IoBuffer::take();
     loop {
@@ -156,6 +133,6 @@ pub(crate) fn copy_spool(spool: &mut Spool, stream: &mut ResponseStream) -> io::
         if n == 0 {
             return Ok(());
         }
-        stream.write(&buf[..n])?;
+        w.write(&buf[..n])?;
     }
 }

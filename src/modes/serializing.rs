@@ -1,4 +1,4 @@
-//! serializing mode (SPEC §4): the whole request body is read, then given to one process per
+//! serializing mode: the whole request body is read, then given to one process per
 //! request; its whole stdout becomes the response, with `X-Duration-Seconds`. Bodies and
 //! outputs are held in spools (1 MiB in memory, the rest in a temporary file), so a large one
 //! costs disk, not memory.
@@ -7,14 +7,13 @@ use std::io::Write;
 
 use crate::cgi_response;
 use crate::child_io::{self, Next};
-use crate::exchange::{Exchange, duration_header};
+use crate::http_server::Exchange;
+use crate::io_buffer::IoBuffer;
 use crate::process::Kill;
 use crate::spool::Spool;
-use crate::watchdog::Watchdog;
 
-use super::IoBuffer;
 use super::fork;
-use super::{Handler, Outcome};
+use super::{Context, Handler, Outcome, duration_header};
 
 const SPOOL_MEMORY: usize = 1024 * 1024;
 /// Input up to this size is written to stdin at once: an empty pipe always takes it whole.
@@ -23,7 +22,7 @@ const DIRECT_INPUT: u64 = 4096;
 pub(crate) struct Serializing;
 
 impl Handler for Serializing {
-    fn handle(&self, mut ex: Exchange, wd: &Watchdog) -> Outcome {
+    fn handle(&self, mut ex: Exchange, ctx: &Context) -> Outcome {
         let mut buf = IoBuffer::take();
         let mut input = Spool::new(SPOOL_MEMORY);
         loop {
@@ -45,7 +44,7 @@ impl Handler for Serializing {
             }
         }
 
-        if wd.config.marshal_request {
+        if ctx.config.marshal_request {
             let mut envelope = Spool::new(SPOOL_MEMORY);
             if let Err(e) = crate::envelope::write(ex.headers(), &mut input, &mut envelope) {
                 let duration = duration_header(ex.info.received);
@@ -55,11 +54,11 @@ impl Handler for Serializing {
             input = envelope;
         }
 
-        let mut call = match fork::start(&ex, wd) {
+        let mut call = match fork::start(&ex, ctx) {
             Ok(call) => call,
             Err(e) => {
                 let duration = duration_header(ex.info.received);
-                return fork::spawn_failed(ex, wd, &e, &[("X-Duration-Seconds", &duration)]);
+                return fork::spawn_failed(ex, ctx, &e, &[("X-Duration-Seconds", &duration)]);
             }
         };
         let mut output = Spool::new(SPOOL_MEMORY);
@@ -116,28 +115,28 @@ impl Handler for Serializing {
             }
         });
         let limit = call.limit;
-        let ended = fork::end(call, wd, &mut buf);
+        let ended = fork::end(call, ctx, &mut buf);
         let duration = duration_header(ex.info.received);
         let timing = [("X-Duration-Seconds", duration.as_str())];
         if ended.killed_for == Some(Kill::WriteTimeout) {
-            return super::text(ex, 504, &fork::write_timeout_message(&wd.config), &timing);
+            return super::text(ex, 504, &fork::write_timeout_message(&ctx.config), &timing);
         }
         if let Some(reason) = ended.refused_head() {
-            let msg = fork::malformed_head(&ex.info, reason);
+            let msg = fork::malformed_head(&format!("{} {}", ex.info.method, ex.info.uri), reason);
             return super::text(ex, 502, &msg, &timing);
         }
         if ended.timed_out() || !ended.status.success() {
             let reason = fork::failure(&ended, limit);
             log::warn!("{} {}: {reason}", ex.info.method, ex.info.uri);
             // The reference sets the configured Content-Type before it knows the outcome.
-            let headers = [("Content-Type", wd.config.content_type.as_str()), timing[0]];
+            let headers = [("Content-Type", ctx.config.content_type.as_str()), timing[0]];
             let bytes = ex.respond(500, &headers, reason.as_bytes());
             return super::Outcome { status: 500, bytes };
         }
         if let Some(e) = output_failed {
             return super::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &timing);
         }
-        let own = [("Content-Type", wd.config.content_type.as_str()), timing[0]];
+        let own = [("Content-Type", ctx.config.content_type.as_str()), timing[0]];
         let (status, headers) = cgi_response::response(ended.head.as_ref(), &own);
         super::send_spool(ex, status, &headers, &mut output)
     }

@@ -1,4 +1,4 @@
-//! static mode (SPEC §10.8): files from `static_path` for GET and HEAD.
+//! static mode: files from `static_path` for GET and HEAD.
 //!
 //! Hardened where Go's `http.FileServer` (the reference) is not: no `..` escape (raw,
 //! percent-encoded, or through a symlink that leaves the root), no dotfiles, no directory
@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use crate::clock;
-use crate::exchange::Exchange;
-use crate::watchdog::Watchdog;
+use crate::http_server::Exchange;
+use crate::io_buffer::IO_BUFFER;
 
-use super::IO_BUFFER;
-use super::{Handler, Outcome};
+use super::{Context, Handler, Outcome};
 
 pub(crate) struct StaticFiles {
     /// Canonical root: every file served must resolve inside it.
@@ -194,7 +193,7 @@ pub(crate) fn parse_range(header: Option<&str>, size: u64) -> Range {
 }
 
 impl Handler for StaticFiles {
-    fn handle(&self, mut ex: Exchange, _wd: &Watchdog) -> Outcome {
+    fn handle(&self, mut ex: Exchange, _ctx: &Context) -> Outcome {
         let reply = |ex: Exchange, status: u16, headers: &[(&str, &str)], body: &str| {
             let mut h = vec![("Content-Type", "text/plain; charset=utf-8")];
             h.extend_from_slice(headers);
@@ -296,7 +295,8 @@ impl Handler for StaticFiles {
         if file.seek(SeekFrom::Start(start)).is_err() {
             return reply(ex, 500, &[], "500 cannot read file\n");
         }
-        // Any request body is read and dropped first (a response cannot start before, trap 7).
+        // Any request body is read and dropped first, so the connection can carry the next
+        // request.
         let mut sink = [0u8; 4096];
         while !ex.body_done() {
             if ex.read_body(&mut sink).is_err() {
@@ -306,23 +306,24 @@ impl Handler for StaticFiles {
         if !ex.body_done() {
             return reply(ex, 400, &[], "400 bad request body\n");
         }
-        let mut stream = ex.stream(status, &headers, Some(len));
+        let mut w = ex.start(status, &headers, Some(len));
         let mut left = len;
-        let mut buf = vec![0u8; IO_BUFFER.min(len.max(1) as usize)];
+        let mut buf = vec![0u8; IO_BUFFER.min(usize::try_from(len.max(1)).unwrap_or(IO_BUFFER))];
         while left > 0 {
-            let want = buf.len().min(left as usize);
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             match file.read(&mut buf[..want]) {
-                Ok(0) | Err(_) => break,
+                // The file shrank while it was sent: the answer cannot be completed.
+                Ok(0) | Err(_) => return Outcome { status, bytes: w.abort() },
                 Ok(n) => {
-                    if stream.write(&buf[..n]).is_err() {
-                        return Outcome { status, bytes: stream.sent() };
+                    if w.write(&buf[..n]).is_err() {
+                        return Outcome { status, bytes: w.abort() };
                     }
                     left -= n as u64;
                 }
             }
         }
-        let sent = stream.sent();
-        let bytes = stream.finish().unwrap_or(sent);
+        let sent = w.sent();
+        let bytes = w.finish().unwrap_or(sent);
         Outcome { status, bytes }
     }
 }

@@ -1,5 +1,5 @@
-//! Websocket relay for http mode (SPEC §5): a request with `Connection: upgrade` and an
-//! `Upgrade` header is not a call but a session between the client and the upstream.
+//! Websocket relay for http mode: a request with `Connection: upgrade` and an `Upgrade` header
+//! is not a call but a session between the client and the upstream.
 //!
 //! ureq does not do upgrades, so the handshake is ours: a plain TCP connection to the upstream,
 //! the client's request head written on it (hop-by-hop headers dropped, `Connection: Upgrade`
@@ -8,26 +8,20 @@
 //! side closes, and the other is closed. Any other answer goes back as a plain response and the
 //! connection is closed.
 //!
-//! tiny_http gives the client's side of the session only as the request's body reader, which
-//! includes bytes it already buffered after the head (ENGINEERING.md trap 14); the watchdog
-//! writes to the client on its own descriptor of the connection (decision D2). Each session runs
-//! on two threads of its own, not on a call worker: `MAX_RELAYS` sessions at most, each holding
-//! a `max_inflight` place while it is open, as in the Go watchdog. A session counts as one
-//! request with code 101 when it ends, its duration the session's length.
+//! Each session runs on two threads of its own, not on a call worker: `MAX_RELAYS` sessions at
+//! most, each holding a `max_inflight` place while it is open (taken by the caller), as in the
+//! Go watchdog. A session counts as one request with code 101 when it ends, its duration the
+//! session's length.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cgi::canonical;
-use crate::dispatch::{self, Routed};
-use crate::exchange::Exchange;
-use crate::sockets::Socket;
-use crate::watchdog::Watchdog;
+use crate::http_server::{ClientSide, Exchange, Upgraded, canonical_name, origin_form};
+use crate::logging::CallLog;
 
-use super::Outcome;
+use super::{Context, Outcome};
 
 /// Websocket sessions open at once, at most.
 pub(crate) const MAX_RELAYS: usize = 1024;
@@ -43,32 +37,20 @@ static RELAYS: AtomicUsize = AtomicUsize::new(0);
 const HOP_BY_HOP: &[&str] =
     &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
 
-/// Starts relaying `ex`, an upgrade request, to the upstream.
-pub(crate) fn start(wd: &Arc<Watchdog>, mut ex: Exchange) -> Routed {
-    let Some((upstream, prefix)) = wd.handler.upgrade_target() else {
-        return refuse(ex, 501, "upgrades are only relayed in http mode\n");
-    };
-    let Some(slot) = wd.limiter.try_acquire() else {
-        let max = wd.limiter.max();
-        return refuse(
-            ex,
-            429,
-            &format!("Concurrent request limit exceeded. Max concurrent requests: {max}\n"),
-        );
-    };
+/// Relays `ex`, an upgrade request, to the upstream at `upstream` (paths under `prefix`);
+/// `log` is written when the session (or the upstream's refusal) ends.
+pub(crate) fn relay(ex: Exchange, ctx: &Context, upstream: SocketAddr, prefix: &str, log: CallLog) {
     if RELAYS
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_RELAYS).then_some(n + 1))
         .is_err()
     {
-        drop(slot);
-        return refuse(ex, 503, &format!("too many websocket sessions (at most {MAX_RELAYS})\n"));
+        let outcome =
+            super::text(ex, 503, &format!("too many websocket sessions (at most {MAX_RELAYS})\n"), &[]);
+        log.write(outcome);
+        return;
     }
     let relay = RelayPlace;
-    ex.count_as_call(Some(slot), Arc::clone(&wd.metrics));
-    let Some(client) = ex.info.peer.and_then(|p| wd.connections.socket(p)) else {
-        return refuse(ex, 500, "cannot find the client's connection (is /proc mounted?)\n");
-    };
-    let limits = super::Limits::of(&ex.info, &wd.config);
+    let limits = super::Limits::of(&ex.info, &ctx.config);
     let timeout = limits.limit.map_or(HANDSHAKE, |l| l.min(HANDSHAKE));
     let started = Instant::now();
     let (mut up, head, early) = match handshake(&ex, upstream, prefix, timeout) {
@@ -82,44 +64,38 @@ pub(crate) fn start(wd: &Arc<Watchdog>, mut ex: Exchange) -> Routed {
             log::warn!("Upstream websocket handshake failed: {} {}: {e}", ex.info.method, ex.info.uri);
             let duration = crate::duration::seconds_f6(started.elapsed());
             let headers = [("X-Duration-Seconds", duration.as_str()), ("X-OpenFaaS-Internal", "of-watchdog")];
-            let (method, uri, call_id, received) =
-                (ex.info.method.clone(), ex.info.uri.clone(), ex.info.call_id.clone(), ex.info.received);
             let bytes = ex.respond(status, &headers, b"");
-            dispatch::log_call(wd, &method, &uri, call_id.as_deref(), received, Outcome { status, bytes });
-            return Routed::Done;
+            log.write(Outcome { status, bytes });
+            return;
         }
     };
     if head.status != 101 {
-        return answer_refusal(wd, ex, &mut up, head, early, started);
+        let outcome = answer_refusal(ex, &mut up, head, early, started);
+        log.write(outcome);
+        return;
     }
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
     for (name, value) in &head.headers {
-        out.extend_from_slice(canonical(name).as_bytes());
+        out.extend_from_slice(canonical_name(name).as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&early);
-    if client.send_all(&out).is_err() {
+    let mut client = ex.into_upgraded();
+    if client.client_side().send(&out).is_err() {
         let _ = up.shutdown(Shutdown::Both);
-        ex.complete_as(101);
-        ex.release();
-        return Routed::Done;
+        client.complete(101);
+        log.write(Outcome { status: 101, bytes: 0 });
+        return;
     }
-    wd.connections.upgraded(ex.info.peer);
     let _ = up.set_read_timeout(None);
     let _ = up.set_write_timeout(None);
-    let session = Session { ex, up, client, relay };
-    let wd = Arc::clone(wd);
-    let spawned = crate::threads::spawn("fw-websocket", move || session.run(&wd));
-    match spawned {
-        Ok(_) => Routed::Detached,
-        Err(e) => {
-            log::error!("cannot start a websocket relay thread: {e}");
-            Routed::Done
-        }
+    let session = Session { client, up, relay, log };
+    if let Err(e) = crate::threads::spawn("fw-websocket", move || session.run()) {
+        log::error!("cannot start a websocket relay thread: {e}");
     }
 }
 
@@ -130,11 +106,6 @@ impl Drop for RelayPlace {
     fn drop(&mut self) {
         RELAYS.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-fn refuse(ex: Exchange, status: u16, msg: &str) -> Routed {
-    super::text(ex, status, msg, &[]);
-    Routed::Done
 }
 
 /// The upstream's answer head.
@@ -155,7 +126,7 @@ fn handshake(
     up.set_nodelay(true)?;
     up.set_read_timeout(Some(timeout))?;
     up.set_write_timeout(Some(timeout))?;
-    let target = crate::request::origin_form(&ex.info.uri).unwrap_or("/");
+    let target = origin_form(&ex.info.uri).unwrap_or("/");
     let mut req = format!("{} {prefix}{target} HTTP/1.1\r\n", ex.info.method).into_bytes();
     let tokens: Vec<String> = ex
         .headers()
@@ -217,13 +188,12 @@ fn parse_head(raw: &[u8]) -> io::Result<AnswerHead> {
 /// The upstream refused the upgrade: its answer goes back as a plain response, then the
 /// connection is closed (tiny_http reads no more requests after an upgrade request).
 fn answer_refusal(
-    wd: &Watchdog,
     ex: Exchange,
     up: &mut TcpStream,
     head: AnswerHead,
     early: Vec<u8>,
     started: Instant,
-) -> Routed {
+) -> Outcome {
     let header =
         |name: &str| head.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
     let chunked = header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
@@ -254,16 +224,13 @@ fn answer_refusal(
             let lower = k.to_ascii_lowercase();
             !HOP_BY_HOP.contains(&lower.as_str()) && lower != "content-length"
         })
-        .map(|(k, v)| (canonical(k), v.as_str()))
+        .map(|(k, v)| (canonical_name(k), v.as_str()))
         .collect();
     headers.push(("X-Duration-Seconds".into(), duration.as_str()));
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    let (method, uri, call_id, received) =
-        (ex.info.method.clone(), ex.info.uri.clone(), ex.info.call_id.clone(), ex.info.received);
     let status = head.status;
     let bytes = ex.respond(status, &headers, &body);
-    dispatch::log_call(wd, &method, &uri, call_id.as_deref(), received, Outcome { status, bytes });
-    Routed::Done
+    Outcome { status, bytes }
 }
 
 fn read_exact_len(up: &mut TcpStream, body: &mut Vec<u8>, n: u64) -> bool {
@@ -323,34 +290,27 @@ fn decode_chunked(raw: &[u8]) -> Option<Vec<u8>> {
 
 /// An open session.
 struct Session {
-    ex: Exchange,
+    client: Upgraded,
     up: TcpStream,
-    client: Arc<Socket>,
     relay: RelayPlace,
+    log: CallLog,
 }
 
 impl Session {
-    fn run(self, wd: &Watchdog) {
-        let Session { mut ex, up, client, relay } = self;
+    fn run(self) {
+        let Session { mut client, up, relay, log } = self;
+        let to_client = client.client_side();
         // Bytes relayed to the client (the 101 head excluded), for the log line.
         let mut sent = 0u64;
         let up_write = up.try_clone();
-        let (method, uri, call_id, received, peer, quiet) = (
-            ex.info.method.clone(),
-            ex.info.uri.clone(),
-            ex.info.call_id.clone(),
-            ex.info.received,
-            ex.info.peer,
-            ex.info.kube_probe,
-        );
         std::thread::scope(|s| {
-            // Client to upstream: tiny_http's reader is the client's side, buffered bytes first.
+            // Client to upstream: tiny_http's reader is the client's side, bytes it buffered
+            // after the head first.
             let inbound = crate::threads::spawn_scoped(s, || {
                 if let Ok(mut w) = up_write {
-                    let reader = ex.upgraded_reader();
-                    let _ = copy(reader, &mut w);
+                    let _ = copy(&mut client, &mut w);
                 }
-                end_both(&up, &client);
+                end_both(&up, &to_client);
             });
             // Upstream to client, on our descriptor of the connection.
             let mut buf = vec![0u8; 16 * 1024];
@@ -359,42 +319,29 @@ impl Session {
                 match reader.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if client.send_all(&buf[..n]).is_err() {
+                        if to_client.send(&buf[..n]).is_err() {
                             break;
                         }
                         sent += n as u64;
                     }
                 }
             }
-            end_both(&up, &client);
+            end_both(&up, &to_client);
             let _ = inbound.join();
         });
-        ex.complete_as(101);
-        ex.release();
-        let (_, discard) = wd.connections.finish(peer, false);
-        for req in discard {
-            crate::exchange::let_go(req, &wd.connections);
-        }
+        client.complete(101);
+        drop(client);
         drop(relay);
-        if !quiet {
-            dispatch::log_call(
-                wd,
-                &method,
-                &uri,
-                call_id.as_deref(),
-                received,
-                Outcome { status: 101, bytes: sent },
-            );
-        }
+        log.write(Outcome { status: 101, bytes: sent });
     }
 }
 
-fn end_both(up: &TcpStream, client: &Socket) {
+fn end_both(up: &TcpStream, client: &ClientSide) {
     let _ = up.shutdown(Shutdown::Both);
-    client.shutdown(libc::SHUT_RDWR);
+    client.shutdown();
 }
 
-fn copy(reader: &mut dyn Read, w: &mut impl Write) -> io::Result<u64> {
+fn copy(reader: &mut Upgraded, w: &mut impl Write) -> io::Result<u64> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut total = 0;
     loop {

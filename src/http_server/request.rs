@@ -1,7 +1,8 @@
 //! What the watchdog needs to know about a request, read once from its head, and the checks a
-//! request must pass before anything reads its body (SPEC §3, ENGINEERING.md traps 1-2).
+//! request must pass before anything reads its body: refused here are heads tiny_http would
+//! misread (a Content-Length it cannot parse is no body to it, so the body would be read as the
+//! next request) or drain at any cost (a length no buffer can hold). Pure, table-tested.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::duration::parse_config_duration;
@@ -11,8 +12,8 @@ use crate::duration::parse_config_duration;
 pub(crate) const PRELOAD_LIMIT: u64 = 1024;
 /// Go's `http.DefaultMaxHeaderBytes`, as the reference uses.
 pub(crate) const MAX_HEADER_BYTES: usize = 1 << 20;
-/// Beyond this, tiny_http's drain of an unread body (trap 1) would ask for more address space
-/// than a 64-bit process has, so such a request is refused by closing its connection.
+/// Beyond this, tiny_http's drain of an unread body (see `refusal`) would ask for more address
+/// space than a 64-bit process has, so such a request is refused by closing its connection.
 pub(crate) const ABSURD_CONTENT_LENGTH: u64 = 1 << 46;
 
 /// How the request body is delimited.
@@ -49,7 +50,6 @@ pub(crate) struct RequestInfo {
     /// `Connection: upgrade` with `Upgrade: <protocol>`: the protocol asked for.
     pub(crate) upgrade: Option<String>,
     pub(crate) received: Instant,
-    pub(crate) peer: Option<SocketAddr>,
 }
 
 impl RequestInfo {
@@ -101,11 +101,6 @@ impl Rejection {
             Rejection::AbsurdLength(n) => format!("413 Content Too Large: {n} bytes\n"),
         }
     }
-
-    /// The bytes after this request's head cannot be trusted to start the next request.
-    pub(crate) fn breaks_framing(&self) -> bool {
-        matches!(self, Rejection::BadFraming(_) | Rejection::UnsupportedEncoding | Rejection::AbsurdLength(_))
-    }
 }
 
 /// The head of a request, independent of tiny_http so the checks can be unit tested.
@@ -116,7 +111,6 @@ pub(crate) struct Head<'a> {
     pub(crate) headers: Vec<(&'a str, &'a str)>,
     /// What tiny_http made of Content-Length (`None` when absent or unparsable).
     pub(crate) body_length: Option<u64>,
-    pub(crate) peer: Option<SocketAddr>,
 }
 
 fn is_tchar(b: u8) -> bool {
@@ -171,8 +165,8 @@ pub(crate) fn inspect(head: &Head<'_>, received: Instant) -> Result<RequestInfo,
         return Err(Rejection::UnsupportedEncoding);
     }
     let framing = if upgrade {
-        // tiny_http hands the rest of the connection out as the "body" of an upgrade request
-        // (trap 14): only a websocket relay reads it, as the client's side of the session.
+        // tiny_http hands the rest of the connection out as the "body" of an upgrade request:
+        // only a websocket relay reads it, as the client's side of the session.
         Framing::Empty
     } else if !encodings.is_empty() {
         Framing::Chunked
@@ -180,8 +174,8 @@ pub(crate) fn inspect(head: &Head<'_>, received: Instant) -> Result<RequestInfo,
         if lengths.iter().any(|l| l != first_len) {
             return Err(Rejection::BadFraming("conflicting Content-Length headers"));
         }
-        // tiny_http ignores a Content-Length it cannot parse and reads the body as the next
-        // request (trap 2).
+        // tiny_http ignores a Content-Length it cannot parse (a `usize`: 4 GiB and more on a
+        // 32-bit target) and reads the body as the next request.
         let Some(n) = head.body_length.filter(|_| first_len.bytes().all(|b| b.is_ascii_digit())) else {
             return Err(Rejection::BadFraming("invalid Content-Length"));
         };
@@ -224,8 +218,20 @@ pub(crate) fn inspect(head: &Head<'_>, received: Instant) -> Result<RequestInfo,
             None
         },
         received,
-        peer: head.peer,
     })
+}
+
+/// Go's `textproto.CanonicalMIMEHeaderKey` for a valid token: `x-custom-HEADER` becomes
+/// `X-Custom-Header` (request::inspect has already refused names that are not tokens).
+pub(crate) fn canonical_name(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() };
+            upper = c == '-';
+            out
+        })
+        .collect()
 }
 
 /// The origin form (`/path?query`) of a request target, also of the absolute form
@@ -286,7 +292,7 @@ mod tests {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
             .and_then(|(_, v)| v.parse().ok());
-        Head { method: "POST", target, http10: false, headers: headers.to_vec(), body_length, peer: None }
+        Head { method: "POST", target, http10: false, headers: headers.to_vec(), body_length }
     }
 
     fn ok(h: &Head<'_>) -> RequestInfo {
@@ -409,5 +415,19 @@ mod tests {
         assert!(!i.kube_probe);
         assert_eq!(ok(&head("/", &[("Host", "x"), ("X-Timeout", "soon")])).x_timeout, None);
         assert_eq!(ok(&head("/", &[("Host", "x"), ("X-Timeout", "0")])).x_timeout, None);
+    }
+
+    #[test]
+    fn canonical_header_names_follow_go() {
+        for (raw, want) in [
+            ("content-type", "Content-Type"),
+            ("X-CUSTOM-header", "X-Custom-Header"),
+            ("x", "X"),
+            ("a--b", "A--B"),
+            ("weird_name", "Weird_name"),
+            ("x-forwarded-for", "X-Forwarded-For"),
+        ] {
+            assert_eq!(canonical_name(raw), want, "{raw}");
+        }
     }
 }

@@ -1,35 +1,28 @@
 //! The global allocator: the system allocator, except that huge blocks are mapped with
-//! `MAP_NORESERVE`, and that a large block asked for by one of tiny_http's threads raises an
-//! alarm.
-//!
-//! tiny_http reads a request head into a buffer that grows for as long as the client sends
-//! (ENGINEERING.md trap 13). Its threads allocate nothing else that large, so when one of them
-//! asks for `HEAD_ALARM` bytes or more, the connection sweeper is woken (one byte down a pipe:
-//! no lock, no allocation) and cuts the connection that sent over 1 MiB without a complete
-//! head, before the buffer grows much further; the thread that asked pauses 20 ms, so that
-//! even many such readers at once cannot outrun the sweeper. Our own threads carry a mark
-//! (`threads`); tiny_http's do not.
+//! `MAP_NORESERVE`.
 //!
 //! tiny_http drains an unread request body by allocating a buffer of the whole remaining
-//! declared size and reading into it (ENGINEERING.md trap 1). Under the kernel's default
-//! overcommit heuristic a `Content-Length: 100000000000` makes that allocation fail, and a
-//! failed allocation aborts the process. So blocks of `HUGE` bytes and more are mapped without
-//! a reservation: they cost address space only, and the drain touches no more of its buffer
-//! than one read brings. Beyond `ABSURD` (1 TiB) not even the address space is there (a 64-bit
-//! process has 128 TiB, and a few concurrent drains of 100 TB would exhaust it): such a block
-//! is a *window*, a mapping of only `window()` bytes, which is more than any single read from a
-//! socket can write (the kernel's largest receive buffer, doubled). Only tiny_http's drain asks
-//! for blocks that large; nothing of ours does.
+//! declared size and reading into it (see `refusal`). Under the kernel's default overcommit
+//! heuristic a `Content-Length: 100000000000` makes that allocation fail, and a failed
+//! allocation aborts the process. So blocks of `HUGE` bytes and more are mapped without a
+//! reservation: they cost address space only, and the drain touches no more of its buffer than
+//! one read brings (its connection's read side is shut first, so that is nothing). Beyond
+//! `ABSURD` not even the address space is there (a few concurrent drains of 100 TB would exhaust
+//! a 64-bit process's, and a 32-bit one has 3 GiB): such a block is a *window*, a mapping of
+//! only `window()` bytes, more than any single read from a socket can write (the kernel's
+//! largest receive buffer, doubled). Only tiny_http's drain asks for blocks that large.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Blocks at least this large are mapped directly.
 const HUGE: usize = 64 << 20;
-/// Blocks larger than this get a window (see above).
-const ABSURD: usize = 1 << 40;
-/// The window's size: at least 256 MiB, more if the kernel allows larger receive buffers.
-static WINDOW: AtomicUsize = AtomicUsize::new(256 << 20);
+/// Blocks larger than this get a window (see above): 1 TiB in a 64-bit process, 512 MiB in a
+/// 32-bit one (whose largest declared body, 4 GiB, is more than its address space).
+const ABSURD: usize = if usize::BITS >= 64 { (1u64 << 40) as usize } else { 512 << 20 };
+/// The window's size: at least 256 MiB (32 MiB in a 32-bit process), more if the kernel allows
+/// larger receive buffers.
+static WINDOW: AtomicUsize = AtomicUsize::new(if usize::BITS >= 64 { 256 << 20 } else { 32 << 20 });
 
 /// Tunes the C allocator for a long-running server that sees bursts: blocks of 128 KiB and
 /// more are mapped and given back to the kernel as soon as they are freed (glibc otherwise
@@ -102,39 +95,6 @@ fn mapped(size: usize) -> usize {
     if size > ABSURD { WINDOW.load(Ordering::Acquire) } else { size }
 }
 const PAGE: usize = 4096;
-/// Blocks at least this large, asked for by a thread that is not ours, wake the sweeper.
-pub(crate) const HEAD_ALARM: usize = 512 << 10;
-
-/// How long a thread that raised the alarm pauses.
-const ALARM_PAUSE_NS: libc::c_long = 20_000_000;
-
-/// Where the alarm is written (-1: nowhere yet).
-static ALARM_FD: AtomicI32 = AtomicI32::new(-1);
-
-/// Arms the alarm: `fd` is the write end of a non-blocking pipe.
-pub(crate) fn set_alarm(fd: i32) {
-    ALARM_FD.store(fd, Ordering::Release);
-}
-
-fn alarm(size: usize) {
-    if size < HEAD_ALARM {
-        return;
-    }
-    let fd = ALARM_FD.load(Ordering::Acquire);
-    if fd < 0 {
-        return;
-    }
-    if !crate::threads::is_ours() {
-        let byte = 1u8;
-        // SAFETY: one byte from a valid buffer to a non-blocking pipe.
-        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
-        // And the reader slows down, so that the sweeper catches up with it even when many
-        // such readers keep the CPUs busy.
-        let pause = libc::timespec { tv_sec: 0, tv_nsec: ALARM_PAUSE_NS };
-        // SAFETY: nanosleep reads the timespec; an interruption just shortens the pause.
-        unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
-    }
-}
 
 pub(crate) struct Allocator;
 
@@ -161,12 +121,10 @@ unsafe fn map(size: usize) -> *mut u8 {
 // size, which the caller must pass unchanged to dealloc and realloc.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        alarm(layout.size());
         if huge(&layout) { unsafe { map(mapped(layout.size())) } } else { unsafe { System.alloc(layout) } }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        alarm(layout.size());
         // Fresh anonymous mappings are zero-filled.
         if huge(&layout) {
             unsafe { map(mapped(layout.size())) }
@@ -186,9 +144,6 @@ unsafe impl GlobalAlloc for Allocator {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: GlobalAlloc guarantees new_size is a valid size for this alignment.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        if new_size > layout.size() {
-            alarm(new_size);
-        }
         if !huge(&layout) && !huge(&new_layout) {
             return unsafe { System.realloc(ptr, layout, new_size) };
         }
@@ -208,6 +163,7 @@ unsafe impl GlobalAlloc for Allocator {
 #[cfg(test)]
 mod tests {
     #[test]
+    #[cfg(target_pointer_width = "64")]
     fn a_buffer_larger_than_memory_can_be_allocated_and_freed() {
         // 100 GB: more than this machine has, as tiny_http asks for on `Content-Length: 1e11`.
         let mut v = vec![0u8; 100_000_000_000];
@@ -217,6 +173,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_pointer_width = "64")]
     fn absurd_blocks_get_a_window_many_at_once() {
         // tiny_http's drain of `Content-Length: 10^14`, sixteen at once: 1.6 PB of address
         // space, more than a process has, if each were mapped whole.

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded};
 
+use super::{Context, Fail};
 use crate::config::{Config, UpstreamUrl};
 use crate::logging::{FunctionLog, Stream};
 use crate::process::{Kill, ProcessGroup, describe_exit};
-use crate::watchdog::Watchdog;
 
 /// How long the upstream may take to accept connections before the watchdog gives up.
 const READY_LIMIT: Duration = Duration::from_secs(120);
@@ -50,15 +50,17 @@ impl Upstream {
         Ok(Upstream { addr: resolve(url)?, state: OnceLock::new() })
     }
 
-    /// Starts the process, its log relays and the thread that waits for it to exit.
-    pub(crate) fn start(&self, wd: &Arc<Watchdog>) -> Result<(), String> {
-        let mut f = wd
+    /// Starts the process, its log relays and the thread that waits for it to exit; `fail` ends
+    /// the watchdog if it exits unasked.
+    pub(crate) fn start(&self, ctx: &Context, fail: Fail) -> Result<(), String> {
+        let config = &ctx.config;
+        let mut f = ctx
             .children
-            .spawn(&wd.config.argv, &[])
-            .map_err(|e| format!("cannot start the upstream {:?}: {e}", wd.config.fprocess))?;
-        log::info!("Forking: {}, arguments: {:?}", wd.config.argv[0], &wd.config.argv[1..]);
+            .spawn(&config.argv, &[])
+            .map_err(|e| format!("cannot start the upstream {:?}: {e}", config.fprocess))?;
+        log::info!("Forking: {}, arguments: {:?}", config.argv[0], &config.argv[1..]);
         drop(f.stdin.take());
-        let (prefix, limit) = (wd.config.prefix_logs, wd.config.log_buffer_size);
+        let (prefix, limit) = (config.prefix_logs, config.log_buffer_size);
         if let Some(out) = f.stdout.take() {
             relay("fw-upstream-out", out, FunctionLog::new(Stream::Stdout, prefix, limit));
         }
@@ -74,15 +76,15 @@ impl Upstream {
             exited,
             has_exited: Arc::clone(&has_exited),
         };
-        let watchdog = Arc::clone(wd);
+        let children = Arc::clone(&ctx.children);
         crate::threads::spawn("fw-upstream", move || {
-            let status = watchdog.children.finish(f);
+            let status = children.finish(f);
             let why = format!("the upstream process exited: {}", describe_exit(status));
             has_exited.store(true, Ordering::Release);
             if stopping.load(Ordering::Acquire) {
                 log::info!("{why}");
             } else {
-                watchdog.fail(format!("{why}; stopping the watchdog so it is restarted"));
+                fail(format!("{why}; stopping the watchdog so it is restarted"));
             }
             let _ = tx.send(why);
         })

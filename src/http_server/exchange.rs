@@ -339,6 +339,12 @@ impl Exchange {
         self.responder.proto.needs_length()
     }
 
+    /// Keeps the request's turn from ending while the value lives, even once the body and the
+    /// answer are done.
+    pub(super) fn hold_turn(&self) -> Arc<TurnEnd> {
+        Arc::clone(&self.responder.end)
+    }
+
     /// A whole answer. A body not read by now is not read at all: the connection closes after
     /// the answer. Returns the body bytes sent.
     pub(crate) fn respond(mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> u64 {

@@ -52,7 +52,14 @@ impl Pool {
         let mut next = Some(first);
         while let Some(turn) = next.take() {
             match Exchange::accept(turn, self.read_timeout) {
-                Ok(ex) => self.service.serve(ex),
+                Ok(ex) => {
+                    // The turn lasts until this thread is done with the call too (its log line,
+                    // the upstream connection put back): a client that sends its next request
+                    // the moment it has the answer then finds it served here, next, instead of
+                    // by a thread woken or started for it.
+                    let _held = ex.hold_turn();
+                    self.service.serve(ex);
+                }
                 Err(refused) => refusal::refuse(*refused),
             }
             next = turn::take_next();

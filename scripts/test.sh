@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command: format and lint checks, the static build (the chroot test runs
+# The project's test command: format, lint and import-cycle checks, the static build (the chroot test runs
 # it), unit and integration tests through the real binary, the examples check, and the public
 # conformance suite when ../shared/conformance exists. It takes several minutes.
 set -euo pipefail
@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
+# Modules under src/ import one another without a cycle.
+python3 scripts/check_imports.py
 scripts/build-static.sh
 cargo test --release --no-fail-fast
 # The deployment examples: Kubernetes schema and Pod Security, the OpenFaaS stack file.

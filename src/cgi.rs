@@ -1,4 +1,5 @@
-//! The CGI-style environment of a forked function (SPEC §4).
+//! The CGI-style environment of a forked function: `Http_*` variables, as Go's watchdog sets
+//! them.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
@@ -6,7 +7,7 @@ use std::os::unix::ffi::OsStringExt;
 use crate::http_server::{Exchange, Framing, canonical_name};
 
 /// Header names whose `Http_` variable the watchdog sets itself; a request header must not
-/// spoof them (SPEC §10.7). Host and Transfer-Encoding are re-derived from the request, as Go
+/// spoof them (Go's watchdog lets a `Method: X` header overwrite `Http_Method`). Host and Transfer-Encoding are re-derived from the request, as Go
 /// moves them out of `r.Header`.
 const RESERVED: &[&str] = &["Method", "Path", "Query", "Host", "Transfer-Encoding"];
 

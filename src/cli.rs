@@ -1,4 +1,5 @@
-//! Command-line flags (SPEC §1). Everything else is configured through the environment.
+//! Command-line flags (`--help`, `--version`, `--run-healthcheck`). Everything else is configured
+//! through the environment.
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]

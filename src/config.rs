@@ -1,5 +1,5 @@
-//! Configuration from the environment (SPEC §2): pure parsing, built once at startup and then
-//! shared read-only.
+//! Configuration from the environment (the README's Configuration table): pure parsing, built
+//! once at startup and then shared read-only.
 //!
 //! Unparsable values keep their default, as in the Go reference, but each one produces a warning
 //! line naming the variable, the bad value and the default used. Values that make the watchdog
@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::duration::{self, parse_config_duration};
+use crate::logging::LogFormat;
 use crate::shell_words;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,12 +32,6 @@ impl Mode {
             Mode::Static => "static",
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Where http mode relays requests: `http://host[:port][/prefix]`.

@@ -1,4 +1,4 @@
-//! Health state, the lock file and shutdown signals (SPEC §3, §7).
+//! Health state, the lock file and shutdown signals.
 //!
 //! One `Lifecycle` value is shared by the request handlers (health, readiness) and the main
 //! thread that runs the shutdown sequence; nothing else flips the health state.

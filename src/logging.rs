@@ -14,8 +14,14 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::clock;
-use crate::config::LogFormat;
 use crate::json;
+
+/// How log lines are written (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
 
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 

@@ -210,7 +210,7 @@ fn boot_time() -> Option<f64> {
 }
 
 /// Serves `GET /metrics` on its own port, one connection at a time (scrapes are rare and
-/// small). A port that cannot be bound is logged, not fatal (SPEC §9).
+/// small). A port that cannot be bound is logged, not fatal, as in Go's watchdog.
 pub(crate) fn serve(port: u16, metrics: Arc<Metrics>) -> Option<u16> {
     // Dual stack where IPv6 exists, like Go's ":8081"; SocketAddr, not a host string, so no
     // resolver is linked in.

@@ -1,7 +1,8 @@
 //! Starting function processes, ending them, and reaping them.
 //!
 //! Every process starts as the leader of its own process group, so a timeout or the end of a
-//! call can kill everything it started (SPEC §4, §10.1). The group is killed while the direct
+//! call can kill everything it started (grandchildren included, which Go's watchdog leaves
+//! running). The group is killed while the direct
 //! child is still an unreaped zombie, so the group id cannot have been reused by then. As PID 1
 //! the watchdog also reaps orphans that the kernel re-parents to it.
 
@@ -421,8 +422,8 @@ impl Deadlines {
     }
 }
 
-/// Raises the soft open-files limit to the hard one (tiny_http's accept thread ends on EMFILE,
-/// trap 5). Functions inherit the raised limit: restoring it would need a pre_exec hook, which
+/// Raises the soft open-files limit to the hard one (tiny_http's accept thread ends on EMFILE;
+/// see `http_server`). Functions inherit the raised limit: restoring it would need a pre_exec hook, which
 /// costs a third of the spawn rate, and container runtimes set soft = hard anyway.
 pub(crate) fn raise_nofile_limit() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

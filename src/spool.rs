@@ -1,6 +1,6 @@
 //! A write-then-read byte buffer: up to a fixed number of bytes in memory, the rest in an
 //! unlinked temporary file in `$TMPDIR`. It holds what a function prints while its request body
-//! is still being read (tiny_http cannot answer before that, ENGINEERING.md trap 7), and whole
+//! is still being read (tiny_http cannot answer before that; see `http_server`), and whole
 //! bodies in serializing mode, in bounded memory and without truncating anything.
 
 use std::fs::File;

@@ -1,4 +1,4 @@
-//! The deadlines and size limits the connection layer keeps (SPEC §2 read_timeout, §3): a
+//! The deadlines and size limits the connection layer keeps (read_timeout, the head limit): a
 //! whole request must arrive within read_timeout of its start, however slowly it trickles; an
 //! idle keep-alive connection is closed after read_timeout; a head may not exceed 1 MiB.
 

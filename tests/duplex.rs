@@ -1,4 +1,4 @@
-//! streaming mode is full duplex (SPEC §4, §10.11): output reaches the client while the request
+//! streaming mode is full duplex (Go's watchdog is not): output reaches the client while the request
 //! body is still arriving, in bounded memory, without writing to disk.
 
 mod common;

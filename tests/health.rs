@@ -1,4 +1,4 @@
-//! /_/health, /_/ready, the lock file and max_inflight (SPEC §3, §6, §7).
+//! /_/health, /_/ready, the lock file and max_inflight.
 
 mod common;
 

@@ -299,7 +299,7 @@ fn a_function_that_crashes_after_output_ends_the_stream_without_its_last_chunk()
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 200") && text.contains("partial"), "{text:?}");
     assert!(closed && !text.ends_with("0\r\n\r\n"), "no last chunk: the client can tell: {text:?}");
-    // Exiting non-zero is an answer, not a crash: that stream ends normally (SPEC §4).
+    // Exiting non-zero is an answer, not a crash: that stream ends normally.
     let g = dir.script("g", "echo partial; exit 3");
     drop(wd);
     let wd = Watchdog::start(&[("fprocess", &g)]);

@@ -1,4 +1,4 @@
-//! http mode (SPEC §5) against real upstream servers.
+//! http mode against real upstream servers.
 
 mod common;
 

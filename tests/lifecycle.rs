@@ -1,4 +1,4 @@
-//! SIGTERM/SIGINT drain and PID 1 duties (SPEC §7).
+//! SIGTERM/SIGINT drain and PID 1 duties.
 
 mod common;
 

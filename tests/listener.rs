@@ -1,4 +1,4 @@
-//! The listener survives what kills tiny_http's accept thread (ENGINEERING.md trap 5): running
+//! The listener survives what kills tiny_http's accept thread: running
 //! out of descriptors makes accept() fail, which may not leave the watchdog deaf. And since
 //! read deadlines are kept per connection, not by the listening socket, an idle listener never
 //! times out and restarts.

@@ -1,4 +1,4 @@
-//! Log lines (SPEC §8).
+//! Log lines.
 
 mod common;
 
@@ -141,7 +141,7 @@ fn json_levels_mark_timeouts_and_failures() {
     };
     assert_eq!(level(&mut wd, "/fine"), "info");
     assert_eq!(level(&mut wd, "/fail"), "error");
-    // A serializing call that times out is a 500 (SPEC §4): an error line, after a warning.
+    // A serializing call that times out is a 500: an error line, after a warning.
     assert_eq!(level(&mut wd, "/slow"), "error");
     let killed = wd.wait_log("killed by ExecTimeout", STARTUP);
     assert_eq!(json_field(&killed, "level").as_deref(), Some("warn"), "{killed}");

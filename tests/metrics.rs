@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §9), checked by hand, by promtool and by a real Prometheus server.
+//! Prometheus metrics, checked by hand, by promtool and by a real Prometheus server.
 
 mod common;
 

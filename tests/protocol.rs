@@ -1,4 +1,4 @@
-//! HTTP hygiene (SPEC §3, ENGINEERING.md traps 1-4): bad input gets a clear status, never a
+//! HTTP hygiene: bad input gets a clear status, never a
 //! crash, a hang, or a truncated body handed to the function as if complete.
 
 mod common;
@@ -98,7 +98,7 @@ fn a_short_body_never_reaches_the_function_as_complete() {
 
 #[test]
 fn a_huge_declared_body_that_never_comes_does_not_abort_the_process() {
-    // tiny_http would drain it into one allocation of the declared size (trap 1).
+    // tiny_http would drain it into one allocation of the declared size.
     let wd = Watchdog::start(&[("fprocess", "cat"), ("read_timeout", "2")]);
     for path in ["/", "/_/health"] {
         let mut s = wd.connect();
@@ -194,10 +194,10 @@ fn responses_carry_no_tiny_http_server_header() {
     }
 }
 
-/// A known limit (README, ENGINEERING trap 12, tiny-http #267): tiny_http 0.12 refuses a head
-/// with a byte outside ASCII and closes the connection before the watchdog sees a request, so
-/// there is no answer and no log line. What must hold: nothing else is affected, and the
-/// percent-encoded forms clients should send work.
+/// tiny_http 0.12 closes the connection without a word on a byte beyond ASCII in a head
+/// (tiny-http #267), waits forever for a CRLF after a bare LF, and deadlocks on an HTTP/2 line:
+/// the watchdog answers each with a status, a log line and a count. Nothing else is affected,
+/// and the percent-encoded forms clients should send work.
 #[test]
 fn heads_tiny_http_cannot_read_get_a_clear_answer_and_are_counted() {
     let mut wd = Watchdog::start(&[("fprocess", "cat")]);

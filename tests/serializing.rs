@@ -1,4 +1,4 @@
-//! serializing mode (SPEC §4).
+//! serializing mode.
 
 mod common;
 
@@ -41,7 +41,7 @@ fn nonzero_exit_is_500_with_the_reason_and_no_output() {
     let r = wd.post("/", b"x");
     assert_eq!((r.status, r.text().as_str()), (500, "exit status 3"));
     assert!(r.header("X-Duration-Seconds").is_some());
-    assert_eq!(r.header("Content-Type"), Some("application/json"), "errors carry content_type (SPEC §4)");
+    assert_eq!(r.header("Content-Type"), Some("application/json"), "errors carry content_type");
 }
 
 #[test]

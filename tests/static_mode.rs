@@ -1,4 +1,4 @@
-//! static mode (SPEC §10.8), attacks included.
+//! static mode, attacks included.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! streaming mode (SPEC §4): bodies through real processes over real sockets.
+//! streaming mode: bodies through real processes over real sockets.
 
 mod common;
 

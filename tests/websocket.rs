@@ -1,4 +1,4 @@
-//! Websocket relay in http mode (SPEC §5), with real upstreams and clients: Python `websockets`
+//! Websocket relay in http mode, with real upstreams and clients: Python `websockets`
 //! and Node `ws` (tests/interop), through the real binary.
 
 mod common;

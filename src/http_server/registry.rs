@@ -105,7 +105,7 @@ pub(crate) struct Registry {
     /// Our listening sockets (one per accept generation): descriptor and generation, -1 free.
     listeners: [(AtomicI32, AtomicU64); LISTENERS],
     timer: Arc<Timer<Entry>>,
-    quiet: Mutex<Quiet>,
+    idle_memory: Mutex<IdleMemory>,
     read_timeout: Option<Duration>,
     write_timeout: Duration,
     port: u16,
@@ -113,9 +113,10 @@ pub(crate) struct Registry {
     per_generation: Mutex<Vec<(u64, usize)>>,
     /// Told when a generation's last connection is gone.
     generation_done: Mutex<Option<GenerationDone>>,
-    /// Connections being answered; when it drops to 0 the quiet spell starts (`timer`).
+    /// Connections being answered; when it drops to 0, memory goes back to the system
+    /// after a while without requests (`IdleMemory`).
     busy: AtomicUsize,
-    /// Requests arrived so far (the quiet spell's sign of activity).
+    /// Requests arrived so far (the sign of activity `IdleMemory` watches).
     arrivals: AtomicU64,
     /// Heads the scan withheld, by the metric's label.
     refused: Mutex<Vec<(&'static str, u64)>>,
@@ -133,21 +134,22 @@ struct Slot {
 enum Entry {
     /// A connection's earliest deadline.
     Conn(Weak<Conn>),
-    /// The next step of the quiet spell.
-    Quiet,
+    /// Time to see whether the watchdog stayed idle (`IdleMemory`).
+    IdleMemory,
 }
 
-/// The quiet spell after a burst: when no request has arrived and none has been answered for 2,
+/// Memory back to the system after a burst: when no request has arrived and none has been answered for 2,
 /// 12 and 30 seconds (the burst's threads end meanwhile: tiny_http's after 5 s idle, ours after
 /// 10 s), the C allocator is asked to return its free pages.
 #[derive(Default)]
-struct Quiet {
+struct IdleMemory {
     since: Option<Instant>,
     arrivals: u64,
     step: usize,
 }
 
-const QUIET_STEPS: [Duration; 3] = [Duration::from_secs(2), Duration::from_secs(12), Duration::from_secs(30)];
+const IDLE_MEMORY_CHECKS: [Duration; 3] =
+    [Duration::from_secs(2), Duration::from_secs(12), Duration::from_secs(30)];
 
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
@@ -240,7 +242,7 @@ impl Registry {
                         registry.deadline(&conn, at);
                     }
                 }
-                Entry::Quiet => registry.quiet_step(),
+                Entry::IdleMemory => registry.idle_memory_check(),
             }
         })?;
         let registry = Registry {
@@ -249,7 +251,7 @@ impl Registry {
             fds: FdTable::new(descriptor_limit()),
             listeners: std::array::from_fn(|_| (AtomicI32::new(-1), AtomicU64::new(0))),
             timer,
-            quiet: Mutex::new(Quiet::default()),
+            idle_memory: Mutex::new(IdleMemory::default()),
             read_timeout: (!read_timeout.is_zero()).then_some(read_timeout),
             write_timeout,
             port,
@@ -473,7 +475,7 @@ impl Registry {
             conn.answer_refusal(&mut state);
         }
         if idle && !state.busy {
-            self.quiet_begins();
+            self.idle_memory_watch();
         }
         conn.rearm(&mut state, self);
         result
@@ -748,37 +750,38 @@ impl Conn {
 }
 
 impl Registry {
-    /// No request is being answered now: a quiet spell begins, unless one is under way.
-    fn quiet_begins(&self) {
-        let mut quiet = self.quiet.lock().unwrap_or_else(PoisonError::into_inner);
-        if quiet.since.is_none() {
+    /// No request is being answered now: watch whether it stays so, unless already watching.
+    fn idle_memory_watch(&self) {
+        let mut watch = self.idle_memory.lock().unwrap_or_else(PoisonError::into_inner);
+        if watch.since.is_none() {
             let now = Instant::now();
-            *quiet = Quiet { since: Some(now), arrivals: self.arrivals.load(Ordering::Relaxed), step: 0 };
-            self.timer.schedule(now + QUIET_STEPS[0], Entry::Quiet);
+            *watch =
+                IdleMemory { since: Some(now), arrivals: self.arrivals.load(Ordering::Relaxed), step: 0 };
+            self.timer.schedule(now + IDLE_MEMORY_CHECKS[0], Entry::IdleMemory);
         }
     }
 
-    /// A step of the quiet spell is due: memory goes back if nothing happened since it began.
-    fn quiet_step(&self) {
-        let mut quiet = self.quiet.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(since) = quiet.since else { return };
+    /// A check is due: memory goes back if nothing happened since the watch began.
+    fn idle_memory_check(&self) {
+        let mut watch = self.idle_memory.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(since) = watch.since else { return };
         let calm =
-            self.arrivals.load(Ordering::Relaxed) == quiet.arrivals && self.busy.load(Ordering::Acquire) == 0;
+            self.arrivals.load(Ordering::Relaxed) == watch.arrivals && self.busy.load(Ordering::Acquire) == 0;
         if !calm {
-            // The spell is broken; the next one begins when the calls of now are answered.
-            *quiet = Quiet::default();
+            // Not idle; the next watch begins when the calls of now are answered.
+            *watch = IdleMemory::default();
             if self.busy.load(Ordering::Acquire) == 0 {
-                drop(quiet);
-                self.quiet_begins();
+                drop(watch);
+                self.idle_memory_watch();
             }
             return;
         }
         super::alloc::give_back();
-        quiet.step += 1;
-        match QUIET_STEPS.get(quiet.step) {
-            Some(step) => self.timer.schedule(since + *step, Entry::Quiet),
-            // Over; the next spell begins with the next request answered.
-            None => *quiet = Quiet::default(),
+        watch.step += 1;
+        match IDLE_MEMORY_CHECKS.get(watch.step) {
+            Some(step) => self.timer.schedule(since + *step, Entry::IdleMemory),
+            // Over; the next watch begins with the next request answered.
+            None => *watch = IdleMemory::default(),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::http_server::Exchange;
 use crate::logging::{FunctionLog, Stream};
 use crate::process::{DeadlineGuard, Function, Kill, describe_exit};
 
-use super::{Context, Limits, Outcome, text};
+use super::handler::{Context, Limits, Outcome, text};
 
 /// A running function process for one request.
 pub(super) struct Call {

@@ -1,6 +1,6 @@
 //! http mode: one long-running server, every request relayed to it with ureq.
 //!
-//! One shared Agent (ENGINEERING.md, ureq section): no proxy from the environment, no
+//! One shared Agent, configured against ureq's defaults: no proxy from the environment, no
 //! redirects, statuses are not errors, no headers of its own, and a keep-alive pool as large as
 //! the worker pool. Requests keep their framing: a Content-Length body is sent with that
 //! Content-Length, a chunked one chunked (or whole with `http_buffer_req_body`). Responses are
@@ -19,7 +19,7 @@ use crate::io_buffer::IoBuffer;
 use crate::logging::CallLog;
 use crate::spool::Spool;
 
-use super::{Context, Fail, Handler, Outcome};
+use super::handler::{Context, Fail, Handler, Outcome};
 
 const BUFFERED_BODY_MEMORY: usize = 1024 * 1024;
 
@@ -165,7 +165,7 @@ impl Handler for Http {
     }
 
     fn handle(&self, mut ex: Exchange, ctx: &Context) -> Outcome {
-        let super::Limits { limit, respond_by } = super::Limits::of(&ex.info, &ctx.config);
+        let super::handler::Limits { limit, respond_by } = super::handler::Limits::of(&ex.info, &ctx.config);
         let started = Instant::now();
         let result = self.relay(&mut ex, ctx, limit, respond_by);
         let duration = seconds_f6(started.elapsed());
@@ -213,7 +213,7 @@ impl Handler for Http {
                     }
                 }
             }
-            return super::send_spool(ex, status, &headers, &mut spool);
+            return super::handler::send_spool(ex, status, &headers, &mut spool);
         }
         let mut stream = ex.start(status, &headers, length);
         let bytes = match copy_body(&mut reader, &mut stream) {
@@ -378,21 +378,26 @@ fn respond_error(ex: Exchange, status: u16, duration: &str) -> Outcome {
     Outcome { status, bytes }
 }
 
-/// SPEC §5: refused or failed → 500, timeout → 504, a connection reset mid-request → 502; the
+/// As Go's watchdog answers: refused or failed → 500, timeout → 504, a connection reset mid-request → 502; the
 /// client's own failures are 4xx.
 fn failed(ex: Exchange, failure: Failure, duration: &str) -> Outcome {
     let (method, uri) = (ex.info.method.clone(), ex.info.uri.clone());
     match failure {
         Failure::Client(e) => {
             log::info!("{method} {uri}: {}", e.message());
-            super::text(ex, e.status(), &format!("{}\n", e.message()), &[("X-Duration-Seconds", duration)])
+            super::handler::text(
+                ex,
+                e.status(),
+                &format!("{}\n", e.message()),
+                &[("X-Duration-Seconds", duration)],
+            )
         }
-        Failure::BadTarget => super::text(ex, 400, "400 Bad Request: invalid request target\n", &[]),
+        Failure::BadTarget => super::handler::text(ex, 400, "400 Bad Request: invalid request target\n", &[]),
         Failure::Buffer(e) => {
             log::error!("{method} {uri}: cannot buffer the request body: {e}");
             let msg = format!("cannot buffer the request body: {e}\n");
             let headers = [("X-Duration-Seconds", duration), ("X-OpenFaaS-Internal", "of-watchdog")];
-            super::text(ex, 500, &msg, &headers)
+            super::handler::text(ex, 500, &msg, &headers)
         }
         Failure::Upstream(e) => {
             let status = match &e {

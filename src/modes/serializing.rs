@@ -13,7 +13,7 @@ use crate::process::Kill;
 use crate::spool::Spool;
 
 use super::fork;
-use super::{Context, Handler, Outcome, duration_header};
+use super::handler::{Context, Handler, Outcome, duration_header};
 
 const SPOOL_MEMORY: usize = 1024 * 1024;
 /// Input up to this size is written to stdin at once: an empty pipe always takes it whole.
@@ -32,14 +32,14 @@ impl Handler for Serializing {
                     if let Err(e) = input.push(&buf[..n]) {
                         let duration = duration_header(ex.info.received);
                         let msg = format!("cannot buffer the request body: {e}\n");
-                        return super::text(ex, 500, &msg, &[("X-Duration-Seconds", &duration)]);
+                        return super::handler::text(ex, 500, &msg, &[("X-Duration-Seconds", &duration)]);
                     }
                 }
                 Err(e) => {
                     let duration = duration_header(ex.info.received);
                     log::info!("{} {}: {}", ex.info.method, ex.info.uri, e.message());
                     let msg = format!("{}\n", e.message());
-                    return super::text(ex, e.status(), &msg, &[("X-Duration-Seconds", &duration)]);
+                    return super::handler::text(ex, e.status(), &msg, &[("X-Duration-Seconds", &duration)]);
                 }
             }
         }
@@ -49,7 +49,7 @@ impl Handler for Serializing {
             if let Err(e) = crate::envelope::write(ex.headers(), &mut input, &mut envelope) {
                 let duration = duration_header(ex.info.received);
                 let msg = format!("cannot marshal the request: {e}\n");
-                return super::text(ex, 500, &msg, &[("X-Duration-Seconds", &duration)]);
+                return super::handler::text(ex, 500, &msg, &[("X-Duration-Seconds", &duration)]);
             }
             input = envelope;
         }
@@ -119,11 +119,11 @@ impl Handler for Serializing {
         let duration = duration_header(ex.info.received);
         let timing = [("X-Duration-Seconds", duration.as_str())];
         if ended.killed_for == Some(Kill::WriteTimeout) {
-            return super::text(ex, 504, &fork::write_timeout_message(&ctx.config), &timing);
+            return super::handler::text(ex, 504, &fork::write_timeout_message(&ctx.config), &timing);
         }
         if let Some(reason) = ended.refused_head() {
             let msg = fork::malformed_head(&format!("{} {}", ex.info.method, ex.info.uri), reason);
-            return super::text(ex, 502, &msg, &timing);
+            return super::handler::text(ex, 502, &msg, &timing);
         }
         if ended.timed_out() || !ended.status.success() {
             let reason = fork::failure(&ended, limit);
@@ -131,13 +131,18 @@ impl Handler for Serializing {
             // The reference sets the configured Content-Type before it knows the outcome.
             let headers = [("Content-Type", ctx.config.content_type.as_str()), timing[0]];
             let bytes = ex.respond(500, &headers, reason.as_bytes());
-            return super::Outcome { status: 500, bytes };
+            return super::handler::Outcome { status: 500, bytes };
         }
         if let Some(e) = output_failed {
-            return super::text(ex, 500, &format!("cannot buffer the function's output: {e}\n"), &timing);
+            return super::handler::text(
+                ex,
+                500,
+                &format!("cannot buffer the function's output: {e}\n"),
+                &timing,
+            );
         }
         let own = [("Content-Type", ctx.config.content_type.as_str()), timing[0]];
         let (status, headers) = cgi_response::response(ended.head.as_ref(), &own);
-        super::send_spool(ex, status, &headers, &mut output)
+        super::handler::send_spool(ex, status, &headers, &mut output)
     }
 }

@@ -14,7 +14,7 @@ use crate::clock;
 use crate::http_server::Exchange;
 use crate::io_buffer::IO_BUFFER;
 
-use super::{Context, Handler, Outcome};
+use super::handler::{Context, Handler, Outcome};
 
 pub(crate) struct StaticFiles {
     /// Canonical root: every file served must resolve inside it.

@@ -26,7 +26,7 @@ use crate::io_buffer::IoBuffer;
 use crate::process::Kill;
 
 use super::fork::{self, Call, Ended};
-use super::{Context, Handler, Outcome};
+use super::handler::{Context, Handler, Outcome};
 
 /// Output gathered before the answer starts, at most.
 const GATHER: usize = 64 * 1024;

@@ -1,4 +1,4 @@
-//! http mode's long-running function process (SPEC §5, §7): started once, its output relayed to
+//! http mode's long-running function process: started once, its output relayed to
 //! the log, watched until it exits, stopped last at shutdown.
 
 use std::io::Read;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded};
 
-use super::{Context, Fail};
+use super::handler::{Context, Fail};
 use crate::config::{Config, UpstreamUrl};
 use crate::logging::{FunctionLog, Stream};
 use crate::process::{Kill, ProcessGroup, describe_exit};

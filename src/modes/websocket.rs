@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::http_server::{ClientSide, Exchange, Upgraded, canonical_name, origin_form};
 use crate::logging::CallLog;
 
-use super::{Context, Outcome};
+use super::handler::{Context, Outcome};
 
 /// Websocket sessions open at once, at most.
 pub(crate) const MAX_RELAYS: usize = 1024;
@@ -44,13 +44,17 @@ pub(crate) fn relay(ex: Exchange, ctx: &Context, upstream: SocketAddr, prefix: &
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_RELAYS).then_some(n + 1))
         .is_err()
     {
-        let outcome =
-            super::text(ex, 503, &format!("too many websocket sessions (at most {MAX_RELAYS})\n"), &[]);
+        let outcome = super::handler::text(
+            ex,
+            503,
+            &format!("too many websocket sessions (at most {MAX_RELAYS})\n"),
+            &[],
+        );
         log.write(outcome);
         return;
     }
     let relay = RelayPlace;
-    let limits = super::Limits::of(&ex.info, &ctx.config);
+    let limits = super::handler::Limits::of(&ex.info, &ctx.config);
     let timeout = limits.limit.map_or(HANDSHAKE, |l| l.min(HANDSHAKE));
     let started = Instant::now();
     let (mut up, head, early) = match handshake(&ex, upstream, prefix, timeout) {

@@ -90,7 +90,12 @@ struct FdTable(Box<[AtomicU64]>);
 
 impl FdTable {
     fn new(size: usize) -> FdTable {
-        FdTable((0..size).map(|_| AtomicU64::new(0)).collect())
+        // Zeroed by the allocator, not written entry by entry: a large table (a million
+        // descriptors is a common container limit) stays untouched, costing no memory, until
+        // descriptors that high are used.
+        let table = Box::<[AtomicU64]>::new_zeroed_slice(size);
+        // SAFETY: an all-zero AtomicU64 is a valid 0.
+        FdTable(unsafe { table.assume_init() })
     }
 
     fn entry(&self, fd: RawFd) -> Option<&AtomicU64> {

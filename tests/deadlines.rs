@@ -183,18 +183,7 @@ fn every_connection_of_a_burst_of_keep_alive_clients_is_served() {
 #[test]
 fn a_head_over_one_mebibyte_gets_431() {
     let wd = Watchdog::start(&[("fprocess", "cat")]);
-    let mut s = TcpStream::connect(("127.0.0.1", wd.port)).expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").expect("head");
-    let header = format!("X-Filler: {}\r\n", "f".repeat(1000));
-    let mut sent = 0;
-    while sent < 3 << 20 {
-        if s.write_all(header.as_bytes()).is_err() {
-            break;
-        }
-        sent += header.len();
-    }
-    let (raw, closed) = read_until_closed(&mut s, Duration::from_secs(10));
-    let text = String::from_utf8_lossy(&raw);
+    let (text, closed) = send_oversized_head(wd.port);
     assert!(text.starts_with("HTTP/1.1 431") && closed, "{text:?}");
     assert_eq!(wd.get("/_/health").status, 200);
 }

@@ -14,6 +14,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 /// Blocks at least this large are mapped directly.
 const HUGE: usize = 64 << 20;
@@ -23,6 +24,42 @@ const ABSURD: usize = if usize::BITS >= 64 { (1u64 << 40) as usize } else { 512 
 /// The window's size: at least 256 MiB (32 MiB in a 32-bit process), more if the kernel allows
 /// larger receive buffers.
 static WINDOW: AtomicUsize = AtomicUsize::new(if usize::BITS >= 64 { 256 << 20 } else { 32 << 20 });
+
+/// Address space the huge blocks of concurrent drains may hold at once: an eighth of a 64-bit
+/// process's 128 TiB, or 1 GiB of a 32-bit one's 3 GiB. Windows are small enough for thousands
+/// at once; blocks of up to `ABSURD` each are mapped whole, and past the budget wait their turn.
+const DRAIN_BUDGET: usize = if usize::BITS >= 64 { (16u64 << 40) as usize } else { 1 << 30 };
+static DRAINING: Mutex<usize> = Mutex::new(0);
+static DRAIN_DONE: Condvar = Condvar::new();
+
+/// A drain's share of `DRAIN_BUDGET`, for as long as the value lives.
+pub(crate) struct DrainShare(usize);
+
+/// Takes the share of the address space that draining `declared` body bytes maps (none below
+/// `HUGE`), waiting while other drains hold too much of it. Only the accounting is serialized,
+/// never the drains themselves: a flood of absurd lengths must not queue its connections
+/// behind one another.
+pub(crate) fn drain_share(declared: u64) -> DrainShare {
+    let size = match usize::try_from(declared) {
+        Ok(n) if n >= HUGE && n <= isize::MAX as usize => mapped(n),
+        _ => return DrainShare(0),
+    };
+    let mut used = DRAINING.lock().unwrap_or_else(PoisonError::into_inner);
+    while *used > 0 && used.saturating_add(size) > DRAIN_BUDGET {
+        used = DRAIN_DONE.wait(used).unwrap_or_else(PoisonError::into_inner);
+    }
+    *used += size;
+    DrainShare(size)
+}
+
+impl Drop for DrainShare {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            *DRAINING.lock().unwrap_or_else(PoisonError::into_inner) -= self.0;
+            DRAIN_DONE.notify_all();
+        }
+    }
+}
 
 /// Tunes the C allocator for a long-running server that sees bursts: blocks of 128 KiB and
 /// more are mapped and given back to the kernel as soon as they are freed (glibc otherwise

@@ -5,11 +5,11 @@
 //! a declared size no allocation can have (beyond `isize::MAX`) panics inside tiny_http, and a
 //! large one takes memory, or time if the client sends it slowly. So every request leaves here,
 //! with its connection's read side shut first when its body is unread (the drain then ends at
-//! once), a huge drain's buffer mapped one at a time (`alloc`), and tiny_http's panic
+//! once), a huge drain's buffer within an address-space budget (`alloc`), and tiny_http's panic
 //! contained.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use tiny_http::Request;
 
@@ -25,20 +25,17 @@ pub(crate) struct Refused {
     pub(crate) rejection: Rejection,
 }
 
-/// Huge drains (see the module note), one at a time.
-static HUGE_DRAIN: Mutex<()> = Mutex::new(());
-const HUGE: u64 = 64 << 20;
-
 fn conn_of(req: &Request) -> Option<Arc<Conn>> {
     let id = req.remote_addr().and_then(|a: &SocketAddr| ConnId::of_address(a))?;
     Registry::get()?.conn_of_id(id)
 }
 
 /// Runs `f`, which drops a request that may panic in tiny_http's drain, with the drain's
-/// buffer mapped one at a time when huge, and the panic contained (and not logged as one).
+/// buffer within the address-space budget for huge ones (`alloc::drain_share`), and the panic
+/// contained (and not logged as one).
 fn contained(declared: u64, f: impl FnOnce()) -> bool {
     let guarded = move || {
-        let _one = (declared >= HUGE).then(|| HUGE_DRAIN.lock().unwrap_or_else(PoisonError::into_inner));
+        let _share = super::alloc::drain_share(declared);
         f();
     };
     let caught =

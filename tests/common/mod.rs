@@ -776,3 +776,20 @@ impl Drop for CpuHog {
         }
     }
 }
+
+/// Sends a head of 3 MiB of headers (more than the 1 MiB limit) and returns what came back,
+/// and whether the connection was closed.
+pub fn send_oversized_head(port: u16) -> (String, bool) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").expect("head");
+    let header = format!("X-Filler: {}\r\n", "f".repeat(1000));
+    let mut sent = 0;
+    while sent < 3 << 20 {
+        if s.write_all(header.as_bytes()).is_err() {
+            break;
+        }
+        sent += header.len();
+    }
+    let (raw, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    (String::from_utf8_lossy(&raw).into_owned(), closed)
+}

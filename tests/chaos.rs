@@ -305,6 +305,16 @@ struct Observed {
     max_rss_kb: u64,
 }
 
+/// The health p99 beyond which the watchdog counts as silenced. The denial of service this
+/// guards against shows as health checks that time out for good; tens of milliseconds are the
+/// usual (printed with each run) and a loaded CI machine adds scheduling delay, so the tests
+/// allow half a second. The soak's long run asks for its own bound
+/// (`FWATCHDOG_HEALTH_P99_MS`).
+fn health_bound() -> Duration {
+    let ms = std::env::var("FWATCHDOG_HEALTH_P99_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    Duration::from_millis(ms)
+}
+
 fn p99(samples: &[Duration]) -> Duration {
     let mut v = samples.to_vec();
     v.sort();
@@ -543,8 +553,12 @@ fn chaos_in(
         ));
     }
     let health_p99 = p99(&seen.health);
-    if health_p99 > Duration::from_millis(50) {
-        problems.push(format!("health p99 {health_p99:?} (> 50 ms) over {} checks", seen.health.len()));
+    if health_p99 > health_bound() {
+        problems.push(format!(
+            "health p99 {health_p99:?} (> {:?}) over {} checks",
+            health_bound(),
+            seen.health.len()
+        ));
     }
     if !seen.call_failures.is_empty() {
         problems.push(format!(
@@ -767,7 +781,7 @@ fn floods_of_known_hostile_lifecycles_leave_health_fast_and_threads_flat() {
             samples.len(),
             peak_threads.load(Ordering::Relaxed)
         );
-        if failed > 0 || worst > Duration::from_millis(50) {
+        if failed > 0 || worst > health_bound() {
             problems.push(format!("{}: health p99 {worst:?}, {failed} checks failed", flood.name));
         }
         if wd.post("/", b"still here").text() != "still here" {

@@ -10,10 +10,11 @@
 //!
 //! The status (200, or the function's with `cgi_response`) goes out with the first byte of
 //! output; a function that fails before writing anything gets a 500 with a one-line reason
-//! (logged). After output started, an answer the watchdog ends early (exec_timeout,
-//! write_timeout, the body broke off, the client stopped reading) or a function that crashed
-//! ends without its last chunk, so the client can tell the body is incomplete; a function that
-//! exits non-zero after its output ends the answer normally (logged).
+//! (logged). After output started, an answer the watchdog ends early (write_timeout, the body
+//! broke off, the client stopped reading) or a function that crashed ends without its last
+//! chunk, so the client can tell the body is incomplete. exec_timeout is the time limit the
+//! operator set: the output written so far is the answer, ended normally; so is the answer of a
+//! function that exits non-zero after its output. Both are logged.
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -343,18 +344,22 @@ fn finish(
     label: &str,
 ) -> Outcome {
     let status = w.status();
-    let why = if let Some(e) = client_error {
+    let cut = if let Some(e) = client_error {
         Some(e.message())
-    } else if ended.killed_for.is_some() || ended.crashed() {
+    } else if ended.killed_for.is_some_and(|k| k != Kill::ExecTimeout) || ended.crashed() {
         Some(fork::failure(ended, limit))
     } else {
         None
     };
-    if let Some(why) = why {
+    if let Some(why) = cut {
         log::warn!("{label}: response cut after {} bytes: {why}", w.sent());
         return Outcome { status, bytes: w.abort() };
     }
-    if !ended.status.success() {
+    if ended.timed_out() {
+        // The operator's time limit, not a failure: what the function wrote so far is the
+        // answer, ended normally (as the Go watchdog does); the log says where it stopped.
+        log::warn!("{label}: response ended after {} bytes: {}", w.sent(), fork::failure(ended, limit));
+    } else if !ended.status.success() {
         log::warn!("{label}: function failed after its response started: {}", fork::failure(ended, limit));
     }
     let sent = w.sent();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproducible benchmark of fwatchdog, optionally side by side with another watchdog binary.
 #
-#   scripts/bench.sh [--vs OTHER_BINARY] [--runs N] [--seconds S] [--quick] [--smoke]
+#   scripts/bench.sh [--vs OTHER_BINARY] [--nginx] [--runs N] [--seconds S] [--quick] [--smoke]
 #
 # Each run measures every scenario once per binary, the binaries alternating, so both see the
 # same machine state; with --vs the ratio column is the median of the per-run ratios (paired),
@@ -9,6 +9,12 @@
 # with rustc: spawn ceiling, startup, sequential latency, a fast upstream, a streaming echo
 # client). CPU figures are the watchdog process's own user+system time (its function or
 # upstream processes excluded). Prints a Markdown table.
+#
+# --nginx adds nginx (Debian's package) as a relay in front of the same upstream, in the http
+# scenarios only: one worker process, a keep-alive upstream pool, no buffering; its column is
+# the best-known relay's figure and "ours/nginx" the paired ratio. Where perf is installed, the
+# pinned http run is repeated under `perf stat` to count system calls, futex calls and context
+# switches per request in the relay's process.
 #
 #   --quick   1 run of 3 s per scenario      --smoke   1 run of 1 s: checks that every
 #   --runs N  runs (default 3)                         scenario still runs (CI)
@@ -19,20 +25,23 @@ cd "$(dirname "$0")/.."
 runs=3
 seconds=5
 other=""
+with_nginx=""
 gib_mib=1024
 while [ $# -gt 0 ]; do
     case "$1" in
         --vs) other=$(readlink -f "$2"); shift 2 ;;
+        --nginx) with_nginx=1; shift ;;
         --runs) runs=$2; shift 2 ;;
         --seconds) seconds=$2; shift 2 ;;
         --quick) runs=1; seconds=3; shift ;;
         --smoke) runs=1; seconds=1; gib_mib=64; shift ;;
-        *) echo "usage: $0 [--vs OTHER_BINARY] [--runs N] [--seconds S] [--quick] [--smoke]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--vs OTHER_BINARY] [--nginx] [--runs N] [--seconds S] [--quick] [--smoke]" >&2; exit 2 ;;
     esac
 done
 for tool in wrk curl rustc taskset; do
     command -v "$tool" >/dev/null || { echo "bench.sh needs $tool (apt-get install wrk curl util-linux)" >&2; exit 1; }
 done
+[ -z "$with_nginx" ] || command -v nginx >/dev/null || { echo "--nginx needs nginx (apt-get install nginx-light)" >&2; exit 1; }
 
 work=$(mktemp -d)
 trap 'pkill -P $$ >/dev/null 2>&1 || true; pkill -f "$work/benchtool upstream" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
@@ -55,6 +64,7 @@ done
 
 binaries=("$ours")
 [ -n "$other" ] && binaries+=("$other")
+[ -n "$with_nginx" ] && binaries+=(nginx)
 label() { [ "$1" = "$ours" ] && echo fwatchdog || basename "$1"; }
 cpus=$(nproc)
 
@@ -62,8 +72,14 @@ wd_pid=""
 start_wd() { # CPULIST BINARY ENV...
     local cpu=$1 bin=$2; shift 2
     mkdir -p "$work/tmp"
-    env -i PATH="$PATH" HOME="$HOME" TMPDIR="$work/tmp" port=$PORT metrics_port=$METRICS "$@" \
-        taskset -c "$cpu" "$bin" >"$work/wd.log" 2>&1 &
+    if [ "$bin" = nginx ]; then
+        # The relay alone: the upstream the watchdogs start as their fprocess, started here.
+        taskset -c "$cpu" "$bt" upstream "$UPSTREAM" >/dev/null 2>&1 &
+        start_nginx "$cpu"
+    else
+        env -i PATH="$PATH" HOME="$HOME" TMPDIR="$work/tmp" port=$PORT metrics_port=$METRICS "$@" \
+            taskset -c "$cpu" "$bin" >"$work/wd.log" 2>&1 &
+    fi
     wd_pid=$!
     for _ in $(seq 1 500); do
         if curl -fs -o /dev/null "http://127.0.0.1:$PORT/_/health"; then return 0; fi
@@ -77,6 +93,49 @@ stop_wd() {
     pkill -9 -f "$bt upstream" 2>/dev/null || true
     wd_pid=""
     sleep 0.3
+}
+start_nginx() { # CPULIST
+    mkdir -p "$work/nginx/logs"
+    cat > "$work/nginx/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    upstream function { server 127.0.0.1:$UPSTREAM; keepalive 64; }
+    server {
+        listen 127.0.0.1:$PORT backlog=4096;
+        location / {
+            proxy_pass http://function;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }
+    }
+}
+EOF
+    taskset -c "$1" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/wd.log" 2>&1 &
+}
+# System calls, futex calls and context switches per request in the relay's process (all its
+# threads), over one more pinned load run.
+count_calls() { # BINARY RUN
+    command -v perf >/dev/null || return 0
+    local out="$work/perf.out" n perf_pid
+    perf stat -x, -e raw_syscalls:sys_enter,syscalls:sys_enter_futex,context-switches -p "$wd_pid" -o "$out" &
+    perf_pid=$!
+    sleep 0.2
+    n=$(taskset -c 0 wrk -t1 -c16 -d"${seconds}s" "http://127.0.0.1:$PORT/" | wrk_reqs)
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    for event in raw_syscalls:sys_enter syscalls:sys_enter_futex context-switches; do
+        record "calls_${event##*:}" "$1" "$(awk -F, -v e="$event" -v n="$n" '$3 == e {printf "%.2f", $1 / n}' "$out")" "$2"
+    done
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$wd_pid/stat"; }
 threads() { ls "/proc/$wd_pid/task" | wc -l; }
@@ -119,6 +178,7 @@ for run in $(seq 1 "$runs"); do
         start_wd 1 "$bin" "${http_env[@]}"
         taskset -c 0 wrk -t1 -c16 -d1s "http://127.0.0.1:$PORT/" >/dev/null
         measure pin16 "$bin" "$run" 0 -t1 -c16
+        count_calls "$bin" "$run"
         # The same pinned load straight to the upstream, for the "of direct" figure.
         out=$(taskset -c 0 wrk -t1 -c16 -d"${seconds}s" "http://127.0.0.1:$UPSTREAM/")
         record direct16 "$bin" "$(wrk_rps <<<"$out")" "$run"
@@ -139,6 +199,7 @@ for run in $(seq 1 "$runs"); do
         d50=$(sed -n 's/.*p50_us=\([0-9.]*\).*/\1/p' <<<"$direct")
         record seq_added "$bin" "$(awk "BEGIN{print $p50 - $d50}")" "$run"
         stop_wd
+        [ "$bin" = nginx ] && continue
 
         # Fork modes: cat with a 1 KiB body, 16 connections.
         for mode in streaming serializing; do
@@ -178,8 +239,8 @@ med() { # KEY BINARY
     [ -s "$f" ] && awk '{print $2}' "$f" | median || echo "-"
 }
 # The median over runs of ours/other, each run's pair measured back to back.
-paired() { # KEY
-    local a="$work/$1.fwatchdog" b="$work/$1.$(basename "$other")"
+paired() { # KEY [OTHER-LABEL]
+    local a="$work/$1.fwatchdog" b="$work/$1.${2:-$(basename "$other")}"
     [ -s "$a" ] && [ -s "$b" ] || { echo "-"; return; }
     join "$a" "$b" | awk '$3 > 0 {printf "%.3f\n", $2/$3}' | median
 }
@@ -187,6 +248,7 @@ row() { # NAME KEY
     local line="| $1 |"
     for bin in "${binaries[@]}"; do line+=" $(med "$2" "$bin") |"; done
     [ -n "$other" ] && line+=" $(paired "$2") |"
+    [ -n "$with_nginx" ] && line+=" $(paired "$2" nginx) |"
     echo "$line"
 }
 echo
@@ -195,9 +257,13 @@ echo
 header="| scenario |"; sep="|---|"
 for bin in "${binaries[@]}"; do header+=" $(label "$bin") |"; sep+="---|"; done
 [ -n "$other" ] && { header+=" ours/other (paired) |"; sep+="---|"; }
+[ -n "$with_nginx" ] && { header+=" ours/nginx (paired) |"; sep+="---|"; }
 echo "$header"; echo "$sep"
 row "http GET, 16 conns, pinned (req/s)" pin16_rps
 row "  CPU per request, pinned (µs)" pin16_cpu
+row "  system calls per request, pinned" calls_sys_enter
+row "  futex calls per request, pinned" calls_sys_enter_futex
+row "  context switches per request, pinned" calls_context-switches
 row "  same pinned load straight to the upstream (req/s)" direct16
 row "  p50 / p99 latency, pinned (µs)" pin16_p50
 row "" pin16_p99
@@ -228,6 +294,7 @@ echo
 echo "Spawn ceiling (16 threads spawning cat and round-tripping 1 KiB, no HTTP): $(med spawn "$ours") /s"
 echo "The benchmark upstream's own time from spawn to listening: $(med listen "$ours") ms"
 for bin in "${binaries[@]}"; do
+    [ "$bin" = nginx ] && continue
     p=$(med pin16_rps "$bin"); d=$(med direct16 "$bin"); s=$(med streaming_rps "$bin"); z=$(med serializing_rps "$bin"); c=$(med spawn "$ours")
     inc=""; [ -s "$work/gib_incomplete.$(label "$bin")" ] && inc=" (its ${gib_mib} MiB echoes came back incomplete)"
     echo "$(label "$bin"): pinned http/direct $(awk -v a="$p" -v b="$d" 'BEGIN{printf "%.2f", a/b}'), streaming/ceiling $(awk -v a="$s" -v b="$c" 'BEGIN{printf "%.2f", a/b}'), serializing/ceiling $(awk -v a="$z" -v b="$c" 'BEGIN{printf "%.2f", a/b}')$inc"

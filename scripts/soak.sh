@@ -203,9 +203,10 @@ result "sigterm" "$([ "$code" = 0 ] && [ "${errors:-1}" = 0 ] && [ "${refused:-1
 # ---------------------------------------------------------------- 5. chaos
 if ! $short; then
     echo "== chaos: $minutes min per mode of random lifecycles, then floods of 10000 connections" >&2
-    # The tests' harness runs the binary cargo builds for them (the release profile's).
-    if FWATCHDOG_CHAOS_SECONDS=$((minutes * 60)) FWATCHDOG_FLOOD_CONNECTIONS=10000 FWATCHDOG_HEALTH_P99_MS=100 \
-        cargo test --release --test chaos -- --nocapture --test-threads 1 > "$work/chaos.log" 2>&1; then
+    # The tests' harness runs the binary under soak (FWATCHDOG_BIN).
+    if FWATCHDOG_BIN="$bin" FWATCHDOG_CHAOS_SECONDS=$((minutes * 60)) FWATCHDOG_FLOOD_CONNECTIONS=10000 \
+        FWATCHDOG_HEALTH_P99_MS=100 cargo test --profile test-programs --test chaos -- --nocapture --test-threads 1 \
+        > "$work/chaos.log" 2>&1; then
         code=0
     else
         code=1

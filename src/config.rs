@@ -201,6 +201,13 @@ impl Env<'_> {
             return default;
         };
         match parse_config_duration(value) {
+            // write_timeout's own check refuses it with the reference's message.
+            Ok(nanos) if nanos < 0 && name != "write_timeout" => {
+                let shown = duration::format_go(Duration::from_nanos(default.max(0) as u64));
+                let value = value.to_string();
+                self.warn(name, &value, "a negative duration; 0 is the value that turns it off", shown);
+                default
+            }
             Ok(nanos) => nanos,
             Err(e) => {
                 let shown = duration::format_go(Duration::from_nanos(default.max(0) as u64));
@@ -228,6 +235,18 @@ impl Env<'_> {
                 default
             }
         }
+    }
+
+    /// A TCP port: a value that cannot be one stops the start, as a port in use does (a
+    /// watchdog on another port than the one its orchestrator probes would only look dead).
+    fn port(&mut self, name: &'static str, default: u16) -> Result<u16, ConfigError> {
+        let Some((name, value)) = self.get(&[name]) else {
+            return Ok(default);
+        };
+        value
+            .trim()
+            .parse::<u16>()
+            .map_err(|_| ConfigError(format!("invalid {name} {value:?}: expected a TCP port, 0 to 65535")))
     }
 
     /// `true`/`1` and `false`/`0`; with `go_forms`, also Go's `strconv.ParseBool` spellings.
@@ -324,8 +343,8 @@ where
         None
     };
 
-    let port = env.number(&["port"], 8080u16, |_| true);
-    let metrics_port = env.number(&["metrics_port"], 8081u16, |_| true);
+    let port = env.port("port", 8080)?;
+    let metrics_port = env.port("metrics_port", 8081)?;
 
     let default = DEFAULT_TIMEOUT.as_nanos() as i64;
     let read_timeout = to_duration(env.duration("read_timeout", default));
@@ -364,6 +383,12 @@ where
     }
     let default_queue = (4 * max_inflight).clamp(1, MAX_WORKERS_LIMIT);
     let queue_size = env.number(&["queue_size"], default_queue, |n| (1..=MAX_WORKERS_LIMIT).contains(&n));
+    if env.get(&["queue_size"]).is_some() && queue_timeout.is_zero() {
+        env.warnings.push(
+            "queue_size is set but there is no wait queue (it needs queue_timeout and max_inflight): ignored"
+                .into(),
+        );
+    }
 
     let content_type = match env.get(&["content_type"]) {
         Some((_, v)) if valid_header_value(v) => v.to_string(),
@@ -420,14 +445,13 @@ where
 
     let fork_mode = matches!(mode, Mode::Streaming | Mode::Serializing);
     let fork_scope = "the streaming and serializing modes";
-    let combine_output =
-        env.boolean_in("combine_output", fork_mode, fork_scope, "the upstream's stderr is logged");
-    let cgi_response = env.boolean_in(
-        "cgi_response",
-        fork_mode,
-        fork_scope,
-        "the upstream sets its own status and headers; ignored",
-    );
+    let (combine_instead, cgi_instead) = if mode == Mode::Http {
+        ("the upstream's stderr is logged", "the upstream sets its own status and headers; ignored")
+    } else {
+        ("ignored", "static mode answers with the files' own status and type; ignored")
+    };
+    let combine_output = env.boolean_in("combine_output", fork_mode, fork_scope, combine_instead);
+    let cgi_response = env.boolean_in("cgi_response", fork_mode, fork_scope, cgi_instead);
     let marshal_request =
         env.boolean_in("marshal_request", mode == Mode::Serializing, "mode=serializing only", "ignored");
 
@@ -597,7 +621,7 @@ mod tests {
             ("fprocess", "cat"),
             ("exec_timeout", "5x"),
             ("read_timeout", "-1"),
-            ("port", "http"),
+            ("metrics_port", ""),
             ("max_inflight", "-3"),
             ("suppress_lock", "yes"),
             ("log_buffer_size", "0"),
@@ -606,14 +630,56 @@ mod tests {
         .expect("config");
         assert_eq!(c.exec_timeout, Some(DEFAULT_TIMEOUT));
         assert_eq!(c.read_timeout, DEFAULT_TIMEOUT);
-        assert_eq!(c.port, 8080);
+        assert_eq!(c.metrics_port, 8081);
         assert_eq!(c.max_inflight, 0);
         assert!(!c.suppress_lock);
         assert_eq!(c.log_buffer_size, Some(DEFAULT_LOG_BUFFER));
         assert_eq!(c.log_format, LogFormat::Text);
-        assert_eq!(warnings.len(), 7, "{warnings:#?}");
+        assert_eq!(warnings.len(), 6, "{warnings:#?}");
         let exec = warnings.iter().find(|w| w.contains("exec_timeout")).expect("exec_timeout warning");
         assert!(exec.contains("\"5x\"") && exec.contains("30s"), "{exec}");
+    }
+
+    #[test]
+    fn negative_durations_keep_the_default_with_a_warning_never_turn_a_limit_off() {
+        for (name, value) in [("exec_timeout", "-5s"), ("queue_timeout", "-1s"), ("read_timeout", "-1")] {
+            let (c, warnings) =
+                parse(&[("fprocess", "cat"), ("max_inflight", "2"), (name, value)]).expect("config");
+            assert_eq!(warnings.len(), 1, "{name}={value}: {warnings:#?}");
+            assert!(warnings[0].contains(name) && warnings[0].contains("negative"), "{}", warnings[0]);
+            assert!(!warnings[0].contains("missing unit"), "{}", warnings[0]);
+            let fresh = config(&[("fprocess", "cat"), ("max_inflight", "2")]);
+            assert_eq!(
+                (c.exec_timeout, c.queue_timeout, c.read_timeout),
+                (fresh.exec_timeout, fresh.queue_timeout, fresh.read_timeout),
+                "{name}={value}"
+            );
+        }
+        assert!(parse(&[("fprocess", "cat"), ("write_timeout", "-1s")]).is_err());
+    }
+
+    #[test]
+    fn impossible_ports_stop_the_start() {
+        for (name, value) in [("port", "99999"), ("port", "http"), ("metrics_port", "-1"), ("port", "65536")]
+        {
+            let e = parse(&[("fprocess", "cat"), (name, value)]).expect_err(value).0;
+            assert!(e.contains(name) && e.contains(value), "{e}");
+        }
+        assert_eq!(config(&[("fprocess", "cat"), ("port", "65535")]).port, 65535);
+    }
+
+    #[test]
+    fn queue_size_without_a_queue_is_warned_about() {
+        let (_, warnings) = parse(&[("fprocess", "cat"), ("queue_size", "5")]).expect("config");
+        assert!(warnings.iter().any(|w| w.contains("queue_size")), "{warnings:#?}");
+        let (_, warnings) = parse(&[
+            ("fprocess", "cat"),
+            ("queue_size", "5"),
+            ("queue_timeout", "1s"),
+            ("max_inflight", "1"),
+        ])
+        .expect("config");
+        assert!(warnings.is_empty(), "{warnings:#?}");
     }
 
     #[test]

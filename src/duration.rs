@@ -100,10 +100,13 @@ pub(crate) fn parse_go_duration(text: &str) -> Result<i64, DurationError> {
     i64::try_from(total).map_err(|_| DurationError::Overflow)
 }
 
-/// The of-watchdog rule for timeout variables: a bare non-negative integer is seconds,
+/// The of-watchdog rule for timeout variables: a bare integer is seconds,
 /// anything else is a Go duration.
 pub(crate) fn parse_config_duration(text: &str) -> Result<i64, DurationError> {
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+    // A bare negative number is read as seconds too, so that it is refused as negative rather
+    // than for a missing unit.
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
         let secs: i64 = text.parse().map_err(|_| DurationError::Overflow)?;
         return secs.checked_mul(SEC as i64).ok_or(DurationError::Overflow);
     }
@@ -265,7 +268,8 @@ mod tests {
         assert_eq!(parse_config_duration("10"), Ok(10 * SEC as i64));
         assert_eq!(parse_config_duration("0"), Ok(0));
         assert_eq!(parse_config_duration("2500ms"), Ok(2500 * MS as i64));
-        assert_eq!(parse_config_duration("-1"), Err(DurationError::MissingUnit));
+        // Negative, refused by the configuration as such (not for a missing unit).
+        assert_eq!(parse_config_duration("-1"), Ok(-(SEC as i64)));
         assert!(parse_config_duration("5x").is_err());
         assert!(parse_config_duration("").is_err());
         assert!(parse_config_duration("99999999999999999999").is_err());

@@ -6,6 +6,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::time::Duration;
 
@@ -17,11 +18,19 @@ pub(crate) struct Lifecycle {
     state: AtomicU8,
     lock_path: PathBuf,
     suppress_lock: bool,
+    /// The lock file this watchdog wrote (device, inode): it removes that one only, not one
+    /// another watchdog sharing the directory wrote since.
+    written: OnceLock<(u64, u64)>,
 }
 
 impl Lifecycle {
     pub(crate) fn new(suppress_lock: bool) -> Self {
-        Lifecycle { state: AtomicU8::new(STARTING), lock_path: lock_path(), suppress_lock }
+        Lifecycle {
+            state: AtomicU8::new(STARTING),
+            lock_path: lock_path(),
+            suppress_lock,
+            written: OnceLock::new(),
+        }
     }
 
     /// Accepting work: started, not shutting down, and the lock file is present (the
@@ -38,7 +47,7 @@ impl Lifecycle {
             );
         } else {
             log::info!("Writing lock-file to: {}", self.lock_path.display());
-            write_lock_file(&self.lock_path).map_err(|e| {
+            let written = write_lock_file(&self.lock_path).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!(
@@ -47,6 +56,7 @@ impl Lifecycle {
                     ),
                 )
             })?;
+            let _ = self.written.set(written);
         }
         self.state.store(SERVING, Ordering::Release);
         Ok(())
@@ -55,13 +65,20 @@ impl Lifecycle {
     /// Turns unhealthy at once and removes the lock file (first step of SIGTERM handling).
     pub(crate) fn begin_drain(&self) {
         self.state.store(DRAINING, Ordering::Release);
-        if !self.suppress_lock {
-            log::info!("Removing lock-file : {}", self.lock_path.display());
-            if let Err(e) = std::fs::remove_file(&self.lock_path)
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                log::info!("Unable to mark server as unhealthy: {e}");
-            }
+        let Some(&ours) = self.written.get() else { return };
+        let present = std::fs::symlink_metadata(&self.lock_path).ok().map(|m| identity(&m));
+        if present.is_some_and(|p| p != ours) {
+            log::info!(
+                "Leaving lock-file {}: another watchdog wrote it after this one",
+                self.lock_path.display()
+            );
+            return;
+        }
+        log::info!("Removing lock-file : {}", self.lock_path.display());
+        if let Err(e) = std::fs::remove_file(&self.lock_path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            log::info!("Unable to mark server as unhealthy: {e}");
         }
     }
 }
@@ -71,14 +88,59 @@ pub(crate) fn lock_path() -> PathBuf {
     std::env::temp_dir().join(".lock")
 }
 
-fn write_lock_file(path: &PathBuf) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// `-run-healthcheck`: healthy if the lock file exists, as in the Go watchdog; without one
+/// (`suppress_lock=true`, or a lock file in a directory the probe does not see), if the
+/// watchdog's own `/_/health` on `port` answers 200, so that an image's HEALTHCHECK works
+/// whatever the lock file setting.
+pub(crate) fn health_check() -> Result<(), String> {
+    if lock_path().exists() {
+        return Ok(());
     }
-    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    let port = match std::env::var("port") {
+        Ok(p) if !p.is_empty() => p,
+        _ => "8080".into(),
+    };
+    probe_health(&port).map_err(|e| format!("unable to find lock file, and /_/health on port {port}: {e}"))
+}
+
+fn probe_health(port: &str) -> io::Result<()> {
+    use std::io::{Read, Write};
+    let port: u16 = port.trim().parse().map_err(|_| io::Error::other("not a port"))?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET /_/health HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    match &head[9..12] {
+        b"200" => Ok(()),
+        code => Err(io::Error::other(format!("answered {}", String::from_utf8_lossy(code)))),
+    }
+}
+
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// Writes a new lock file (a new inode, renamed into place, so that each watchdog's file is
+/// its own) and returns its identity.
+fn write_lock_file(path: &std::path::Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or_else(|| std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let fresh = dir.join(format!(".lock.{}.new", std::process::id()));
+    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&fresh)?;
     // Exactly 0660, whatever the umask.
-    file.set_permissions(std::fs::Permissions::from_mode(0o660))
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(0o660))
+        .and_then(|()| file.metadata())
+        .and_then(|meta| std::fs::rename(&fresh, path).map(|()| identity(&meta)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&fresh);
+    }
+    written
 }
 
 /// Write end of the self-pipe the signal handler reports to (-1 before `Signals::install`).

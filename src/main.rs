@@ -19,6 +19,7 @@ mod child_io;
 mod cli;
 mod clock;
 mod config;
+mod deadlines;
 mod dispatch;
 mod duration;
 mod envelope;
@@ -47,14 +48,13 @@ fn main() {
             println!("{}", cli::version_line());
             0
         }
-        cli::Command::HealthCheck => {
-            if lifecycle::lock_path().exists() {
-                0
-            } else {
-                eprintln!("unable to find lock file.");
+        cli::Command::HealthCheck => match lifecycle::health_check() {
+            Ok(()) => 0,
+            Err(why) => {
+                eprintln!("{why}");
                 1
             }
-        }
+        },
         cli::Command::Help => {
             println!("{}", cli::USAGE);
             0

@@ -6,14 +6,15 @@
 //! child is still an unreaped zombie, so the group id cannot have been reused by then. As PID 1
 //! the watchdog also reaps orphans that the kernel re-parents to it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use crate::deadlines::Expire;
 
 /// Why the watchdog killed a function's process group: the first cause recorded is the one a
 /// call reports, whatever else (the function's death, other kills) its threads see first.
@@ -137,19 +138,32 @@ impl Children {
         }
     }
 
-    /// Starts `argv` with the watchdog's environment plus `env`, in a new process group.
-    pub(crate) fn spawn(&self, argv: &[String], env: &[(OsString, OsString)]) -> io::Result<Function> {
-        self.spawn_with(argv, env, false)
-    }
-
-    /// As `spawn`; with `combine`, stderr is the same pipe as stdout (classic's
-    /// `combine_output`: both, in the order written, are the output) and `Function::stderr` is
-    /// `None`.
+    /// Starts `argv` with the watchdog's environment plus `env`, in a new process group. With
+    /// `combine`, stderr is the same pipe as stdout (classic's `combine_output`: both, in the
+    /// order written, are the output) and `Function::stderr` is `None`.
     pub(crate) fn spawn_with(
         &self,
         argv: &[String],
         env: &[(OsString, OsString)],
         combine: bool,
+    ) -> io::Result<Function> {
+        self.start(argv, env, combine, false)
+    }
+
+    /// As `spawn_with`, for a process that lives as long as the watchdog (http mode's upstream): the
+    /// kernel kills it when the thread that started it ends, so a watchdog killed with SIGKILL
+    /// (no drain, no SIGTERM of ours) does not leave it running and holding its port. Start it
+    /// from a thread that lasts (the main thread).
+    pub(crate) fn spawn_bound(&self, argv: &[String]) -> io::Result<Function> {
+        self.start(argv, &[], false, true)
+    }
+
+    fn start(
+        &self,
+        argv: &[String],
+        env: &[(OsString, OsString)],
+        combine: bool,
+        bound: bool,
     ) -> io::Result<Function> {
         let (program, args) = argv.split_first().ok_or_else(|| io::Error::other("empty command"))?;
         let program = self.resolve(program);
@@ -159,8 +173,25 @@ impl Children {
             .envs(self.base_env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
-            // No pre_exec hook: it would force fork+exec instead of posix_spawn, a third slower.
+            // No pre_exec hook for calls: it would force fork+exec instead of posix_spawn, a
+            // third slower.
             .process_group(0);
+        if bound {
+            // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
+            let parent = unsafe { libc::getpid() };
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // The watchdog may have died before the request took effect.
+                    if libc::getppid() != parent {
+                        libc::_exit(1);
+                    }
+                    Ok(())
+                });
+            }
+        }
         let combined = if combine {
             let (read, write) = pipe()?;
             cmd.stdout(Stdio::from(write.try_clone()?)).stderr(Stdio::from(write));
@@ -235,11 +266,12 @@ impl Children {
     }
 
     /// As PID 1: reaps exited processes that are not ours (orphans re-parented to us). Stops at
-    /// the first exited child of ours: its worker is about to reap it, and the next sweep (on
-    /// SIGCHLD or within a second) continues.
-    pub(crate) fn reap_orphans(&self) {
+    /// the first exited child of ours, since the kernel shows only one exited child at a time
+    /// and that one is its worker's to reap; returns false then, so the caller sweeps again
+    /// soon (an orphan behind it sends no further signal).
+    pub(crate) fn reap_orphans(&self) -> bool {
         if !self.pid1 {
-            return;
+            return true;
         }
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         loop {
@@ -249,8 +281,11 @@ impl Children {
                 libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
             };
             let pid = unsafe { info.si_pid() };
-            if rc != 0 || pid <= 0 || self.lock_live().contains_key(&(pid as u32)) {
-                return;
+            if rc != 0 || pid <= 0 {
+                return true;
+            }
+            if self.lock_live().contains_key(&(pid as u32)) {
+                return false;
             }
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
         }
@@ -346,79 +381,10 @@ pub(crate) fn describe_exit(status: ExitStatus) -> String {
     format!("signal: {name}")
 }
 
-/// One thread that kills process groups whose deadline has passed (exec_timeout, X-Timeout),
-/// whatever the call's own thread is blocked on.
-pub(crate) struct Deadlines {
-    due: Mutex<Due>,
-    wake: Condvar,
-    seq: AtomicU64,
-}
-
-struct Due {
-    entries: BTreeMap<(Instant, u64), Weak<ProcessGroup>>,
-    /// When the timer thread wakes up next. A new deadline later than that needs no wake-up:
-    /// with the usual exec_timeout every new deadline is later than all others, so scheduling
-    /// one costs no context switch.
-    next_wake: Instant,
-}
-
-/// How long the timer thread sleeps when no deadline is due sooner.
-const TIMER_NAP: Duration = Duration::from_secs(1);
-
-/// Cancels its deadline when dropped (the call ended first).
-pub(crate) struct DeadlineGuard {
-    deadlines: Arc<Deadlines>,
-    key: (Instant, u64),
-}
-
-impl Drop for DeadlineGuard {
-    fn drop(&mut self) {
-        self.deadlines.lock().entries.remove(&self.key);
-    }
-}
-
-impl Deadlines {
-    pub(crate) fn start() -> io::Result<Arc<Deadlines>> {
-        let d = Arc::new(Deadlines {
-            due: Mutex::new(Due { entries: BTreeMap::new(), next_wake: Instant::now() }),
-            wake: Condvar::new(),
-            seq: AtomicU64::new(0),
-        });
-        let runner = Arc::clone(&d);
-        crate::threads::spawn("fw-deadlines", move || runner.run())?;
-        Ok(d)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Due> {
-        self.due.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn schedule(self: &Arc<Self>, at: Instant, group: &Arc<ProcessGroup>) -> DeadlineGuard {
-        let key = (at, self.seq.fetch_add(1, Ordering::Relaxed));
-        let mut due = self.lock();
-        due.entries.insert(key, Arc::downgrade(group));
-        if at < due.next_wake {
-            self.wake.notify_one();
-        }
-        DeadlineGuard { deadlines: Arc::clone(self), key }
-    }
-
-    fn run(&self) {
-        let mut due = self.lock();
-        loop {
-            let now = Instant::now();
-            let first = due.entries.first_key_value().map(|(k, _)| *k);
-            if let Some(key) = first.filter(|k| k.0 <= now) {
-                if let Some(group) = due.entries.remove(&key).and_then(|w| w.upgrade()) {
-                    group.kill(Kill::ExecTimeout);
-                }
-                continue;
-            }
-            let until = first.map_or(now + TIMER_NAP, |k| k.0.min(now + TIMER_NAP));
-            due.next_wake = until;
-            due =
-                self.wake.wait_timeout(due, until - now).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
-        }
+/// exec_timeout and X-Timeout end a function's whole process group.
+impl Expire for ProcessGroup {
+    fn expire(&self) {
+        self.kill(Kill::ExecTimeout);
     }
 }
 

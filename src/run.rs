@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::config::{Config, Mode};
+use crate::deadlines::Deadlines;
 use crate::dispatch::Dispatcher;
 use crate::duration::format_go;
 use crate::http_server::{self, HttpServer, Service, Settings};
@@ -18,7 +19,7 @@ use crate::lifecycle::{Lifecycle, Signals, signal_name};
 use crate::limiter::Limiter;
 use crate::metrics::{self, Metrics};
 use crate::modes::{self, Context};
-use crate::process::{self, Children, Deadlines};
+use crate::process::{self, Children};
 
 /// Receiving threads beyond the calls and the calls waiting for a place, for answers that are
 /// not calls (health, 429, 4xx, requests of slow clients).
@@ -151,7 +152,7 @@ pub(crate) fn run(config: Config) -> i32 {
 fn spawn_signal_thread(signals: Signals, pid1: bool, children: Arc<Children>, events: Sender<Event>) {
     let spawned = crate::threads::spawn("fw-signals", move || {
         // As PID 1, orphans are swept after SIGCHLD (at most every 100 ms: every call's process
-        // sends one). No signal, no wake-up.
+        // sends one), and again while a sweep was held up. No signal, no wake-up.
         let mut last_sweep = Instant::now();
         let mut pending = false;
         loop {
@@ -172,9 +173,10 @@ fn spawn_signal_thread(signals: Signals, pid1: bool, children: Arc<Children>, ev
                 None => pending = true,
             }
             if pid1 && pending && last_sweep.elapsed() >= ORPHAN_SWEEP {
-                children.reap_orphans();
+                // An exited child of ours (its worker about to reap it) may hide an orphan:
+                // then the sweep is repeated until it gets past it.
+                pending = !children.reap_orphans();
                 last_sweep = Instant::now();
-                pending = false;
             }
         }
     });
@@ -251,7 +253,9 @@ fn shutdown(wd: &Dispatcher, server: &HttpServer, events: &Receiver<Event>, sign
     while wd.limiter.waiting() > 0 && Instant::now() < refused_by {
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Websocket sessions held their places through the drain; now they end.
+    // Websocket sessions held their places through the drain; now they end: closed as
+    // websockets close, then cut.
+    wd.handler.close_sessions();
     server.close_upgraded();
     wd.handler.shutdown();
     log::info!("Exiting. Active connections: {}", wd.limiter.in_flight());

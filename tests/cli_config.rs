@@ -15,13 +15,42 @@ fn version_flag_prints_version_and_sha() {
 }
 
 #[test]
-fn run_healthcheck_follows_the_lock_file() {
+fn run_healthcheck_follows_the_lock_file_or_else_health() {
     let dir = TempDir::new("hc");
-    let (code, _, err) = run_bin(&["-run-healthcheck"], &[], &dir.0);
-    assert_eq!((code, err.trim()), (1, "unable to find lock file."));
+    // Nothing listens on this port: no lock file, no health.
+    let idle = free_port().to_string();
+    let (code, _, err) = run_bin(&["-run-healthcheck"], &[("port", idle.as_str())], &dir.0);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("unable to find lock file") && err.contains(&idle), "{err}");
     std::fs::write(dir.path(".lock"), b"").expect("lock");
-    let (code, _, _) = run_bin(&["--run-healthcheck"], &[], &dir.0);
+    let (code, _, _) = run_bin(&["--run-healthcheck"], &[("port", idle.as_str())], &dir.0);
     assert_eq!(code, 0);
+    // suppress_lock=true writes none: the check asks /_/health instead (an image's HEALTHCHECK).
+    let wd = Watchdog::start(&[("fprocess", "cat"), ("suppress_lock", "true")]);
+    let empty = TempDir::new("hc-empty");
+    let port = wd.port.to_string();
+    let (code, _, err) = run_bin(&["-run-healthcheck"], &[("port", port.as_str())], &empty.0);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn settings_that_would_silently_disable_a_limit_are_refused_or_warned_about() {
+    let dir = TempDir::new("strict");
+    let (code, _, err) = run_bin(&[], &[("fprocess", "cat"), ("port", "99999")], &dir.0);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("invalid port \"99999\""), "{err}");
+    // A negative duration keeps the default, with a warning; so does queue_size without a queue.
+    let mut wd = Watchdog::start(&[
+        ("fprocess", "cat"),
+        ("exec_timeout", "-5s"),
+        ("read_timeout", "-1"),
+        ("queue_size", "3"),
+    ]);
+    wd.wait_log("Timeouts: read: 30s write: 30s hard: 30s", STARTUP);
+    let log = wd.output.all();
+    assert!(log.contains("exec_timeout") && log.contains("negative"), "{log}");
+    assert!(!log.contains("missing unit"), "{log}");
+    assert!(log.contains("queue_size is set but there is no wait queue"), "{log}");
 }
 
 #[test]
@@ -196,4 +225,39 @@ fn busy_port_is_a_startup_error() {
     let (code, _, err) = run_bin(&[], &[("fprocess", "cat"), ("port", &port)], &dir.0);
     assert_eq!(code, 1);
     assert!(err.contains(&format!("cannot listen on port {port}")), "{err}");
+}
+
+/// The variables of the README's Configuration table (its first column).
+fn readme_variables() -> std::collections::BTreeSet<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let table = readme.split("| variable | default | meaning |").nth(1).expect("the Configuration table");
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .flat_map(|l| {
+            l.split('|').nth(1).unwrap_or("").split(',').map(|n| n.trim().trim_matches('`').to_string())
+        })
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+#[test]
+fn help_lists_exactly_the_variables_the_readme_documents() {
+    let dir = TempDir::new("help-vars");
+    let (_, out, _) = run_bin(&["--help"], &[], &dir.0);
+    let section = out.split("Variables (").nth(1).expect("a Variables section in --help");
+    let in_help: std::collections::BTreeSet<String> = section
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .flat_map(|l| {
+            let names = l.trim_start().split("  ").next().unwrap_or("");
+            names.split(',').map(|n| n.trim().to_string()).collect::<Vec<_>>()
+        })
+        .filter(|n| !n.is_empty())
+        .collect();
+    let documented = readme_variables();
+    assert!(documented.len() > 25, "{documented:?}");
+    assert_eq!(in_help, documented, "--help's variables vs the README's table");
 }

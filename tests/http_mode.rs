@@ -474,3 +474,38 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
         String::from_utf8_lossy(&r.body)
     );
 }
+
+/// Context switches so far of each of the process's threads.
+fn switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut seen = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks").flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let name = status.lines().find_map(|l| l.strip_prefix("Name:\t")).unwrap_or("?").to_string();
+        let n: u64 = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum();
+        seen.insert(format!("{} ({name})", task.file_name().to_string_lossy()), n);
+    }
+    seen
+}
+
+#[test]
+fn an_idle_watchdog_never_wakes_up() {
+    // Within about half a minute of its last call the watchdog lets idle threads go and gives
+    // memory back; from then on, with kept connections to its upstream and nobody calling,
+    // nothing may wake it (a node on battery): no timer, no polling of sockets or descriptors.
+    let dir = TempDir::new("idle");
+    let port = free_port();
+    let wd = http_watchdog(&echo_upstream(&dir, port), port, &[]);
+    for _ in 0..3 {
+        assert_eq!(wd.get("/warm").status, 200);
+    }
+    std::thread::sleep(Duration::from_secs(35));
+    let before = switches(wd.pid());
+    std::thread::sleep(Duration::from_secs(5));
+    let after = switches(wd.pid());
+    assert_eq!(after, before, "threads woke up while idle (thread: context switches)");
+    assert_eq!(wd.get("/after").status, 200);
+}

@@ -145,3 +145,42 @@ fn a_signal_delivered_twice_at_once_still_drains() {
     wd.signal(SIGTERM);
     assert_eq!(wd.wait_exit(Duration::from_secs(10)), Some(0), "{}", wd.output.all());
 }
+
+#[test]
+fn a_watchdog_killed_outright_takes_its_upstream_along() {
+    let dir = TempDir::new("orphan-upstream");
+    let port = free_port();
+    let pidfile = dir.path("upstream.pid");
+    let upstream = dir.script(
+        "up",
+        &format!("echo $$ > {}; exec python3 -m http.server {port} --bind 127.0.0.1", pidfile.display()),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let env = [("mode", "http"), ("fprocess", upstream.as_str()), ("upstream_url", url.as_str())];
+    let mut wd = Watchdog::start(&env);
+    let pid = read_pid(&pidfile);
+    wd.signal(9);
+    wd.wait_exit(Duration::from_secs(10));
+    wait_for("the upstream to die with its watchdog", Duration::from_secs(10), || !pid_running(pid));
+    // Its port is free again: a new watchdog starts with the same upstream.
+    let wd = Watchdog::start(&env);
+    assert_eq!(wd.get("/").status, 200);
+}
+
+#[test]
+fn a_watchdog_removes_only_the_lock_file_it_wrote() {
+    let shared = TempDir::new("shared-tmp");
+    let tmp = shared.0.to_string_lossy().into_owned();
+    let env = [("fprocess", "cat"), ("TMPDIR", tmp.as_str()), ("healthcheck_interval", "0")];
+    let mut first = Watchdog::start(&env);
+    let second = Watchdog::start(&env);
+    first.signal(SIGTERM);
+    assert_eq!(first.wait_exit(Duration::from_secs(10)), Some(0));
+    first.wait_log("another watchdog wrote it", STARTUP);
+    assert!(shared.path(".lock").exists(), "the first watchdog removed the second's lock file");
+    assert_eq!(second.get("/_/health").status, 200, "the survivor stays healthy");
+    second.signal(SIGTERM);
+    wait_for("the second watchdog to remove its lock file", Duration::from_secs(10), || {
+        !shared.path(".lock").exists()
+    });
+}

@@ -146,3 +146,22 @@ fn json_levels_mark_timeouts_and_failures() {
     let killed = wd.wait_log("killed by ExecTimeout", STARTUP);
     assert_eq!(json_field(&killed, "level").as_deref(), Some("warn"), "{killed}");
 }
+
+#[test]
+fn every_mode_logs_why_a_call_failed_once_at_warn() {
+    let dir = TempDir::new("why");
+    let f = dir.script("f", "echo oops >&2; exit 3");
+    for mode in ["streaming", "serializing"] {
+        let mut wd = Watchdog::start(&[("fprocess", &f), ("mode", mode), ("log_format", "json")]);
+        assert_eq!(wd.post("/fail", b"x").status, 500);
+        wd.wait_log("\"path\":\"/fail\"", STARTUP);
+        let reasons: Vec<String> =
+            wd.output.stderr().lines().filter(|l| l.contains("exit status 3")).map(str::to_string).collect();
+        assert_eq!(reasons.len(), 1, "{mode}: one line with the reason: {reasons:?}");
+        assert_eq!(json_field(&reasons[0], "level").as_deref(), Some("warn"), "{mode}: {}", reasons[0]);
+        // A function that cannot start says so too.
+        let mut wd = Watchdog::start(&[("fprocess", "/no/such/fn"), ("mode", mode)]);
+        assert_eq!(wd.post("/", b"x").status, 500);
+        wd.wait_log("cannot start function \"/no/such/fn\"", STARTUP);
+    }
+}

@@ -221,13 +221,21 @@ fn sigterm_keeps_a_session_through_the_drain_then_closes_it() {
     let echoes: u32 = field(&done, "echoes").parse().unwrap_or(0);
     assert!(seconds < 15.0, "the session was closed, not left to its own 20 s: {done}");
     assert!(echoes >= 20, "it kept working through interval and drain: {done}");
+    // Closed as websockets close: each side got a close frame, 1001 (going away), from the
+    // watchdog, and the upstream got its own before its SIGTERM.
+    assert_eq!(field(&done, "close_code"), "1001", "the client's close code: {done}");
+    let log = wd.output.all();
+    let closed = log.find("upstream: session closed with code 1001");
+    let stopped = log.find("Sending SIGTERM to the upstream");
+    assert!(closed.is_some(), "the upstream got no close frame: {log}");
+    assert!(closed < stopped, "the upstream was stopped before its session closed: {log}");
 }
 
 /// `wstest` of the Autobahn test suite (a Python 2 program: `.ci/run` installs it into a
 /// Python 2.7 when the machine has one), or `FWATCHDOG_WSTEST`.
 fn wstest() -> Option<String> {
     if let Ok(why) = std::env::var("FWATCHDOG_SKIP_AUTOBAHN") {
-        eprintln!("SKIPPED: {why}");
+        skipped(&why);
         return None;
     }
     let candidates = [

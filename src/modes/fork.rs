@@ -10,10 +10,11 @@ use crate::cgi;
 use crate::cgi_response::Head;
 use crate::child_io::ChildIo;
 use crate::config::Config;
+use crate::deadlines::DeadlineGuard;
 use crate::duration::format_go;
 use crate::http_server::Exchange;
 use crate::logging::{FunctionLog, Stream};
-use crate::process::{DeadlineGuard, Function, Kill, describe_exit};
+use crate::process::{Function, Kill, describe_exit};
 
 use super::handler::{Context, Limits, Outcome, text};
 

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::deadlines::Deadlines;
 use crate::http_server::{Exchange, RequestInfo, ResponseWriter};
 use crate::io_buffer::IoBuffer;
 use crate::logging::CallLog;
 pub(crate) use crate::logging::Outcome;
-use crate::process::{Children, Deadlines};
+use crate::process::Children;
 use crate::spool::Spool;
 
 /// What a handler is given besides the request: the configuration and the function processes.
@@ -48,6 +49,10 @@ pub(crate) trait Handler: Send + Sync {
     fn wait_ready(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// At the end of the drain, before the connections still open are cut: sessions that
+    /// outlived it are closed as their protocol closes (http mode: websocket close frames).
+    fn close_sessions(&self) {}
 
     /// After the drain (http mode: stop the upstream).
     fn shutdown(&self) {}

@@ -10,8 +10,7 @@
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
-use ureq::http;
-
+use super::relay::{self, Body, Outgoing, Pool};
 use super::upstream::Upstream;
 use crate::duration::seconds_f6;
 use crate::http_server::{BodyError, Exchange, Framing, ResponseWriter, canonical_name, origin_form};
@@ -22,12 +21,12 @@ use crate::spool::Spool;
 use super::handler::{Context, Fail, Handler, Outcome};
 
 const BUFFERED_BODY_MEMORY: usize = 1024 * 1024;
+/// How long websocket sessions get to answer their close frames at the end of a drain.
+const SESSION_CLOSE: Duration = Duration::from_secs(1);
 
 pub(crate) struct Http {
-    agent: ureq::Agent,
+    pool: Pool,
     upstream: Upstream,
-    /// `http://<ip>:<port><prefix>`: the host is already resolved (see `upstream::resolve`).
-    base: String,
     /// The upstream URL's path, put before every request target.
     prefix: String,
 }
@@ -61,56 +60,13 @@ impl Http {
     pub(crate) fn new(config: &crate::config::Config) -> Result<Http, String> {
         let upstream = Upstream::new(config)?;
         let url = config.upstream.as_ref().ok_or("mode=http needs upstream_url")?;
-        let host = match upstream.addr {
-            std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
-            std::net::SocketAddr::V4(a) => a.ip().to_string(),
-        };
-        let base = format!("http://{host}:{}{}", upstream.addr.port(), url.prefix);
-        let workers = config.workers();
-        let agent_config = ureq::Agent::config_builder()
-            .proxy(None)
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            .allow_non_standard_methods(true)
-            .user_agent(ureq::config::AutoHeaderValue::None)
-            .accept(ureq::config::AutoHeaderValue::None)
-            .accept_encoding(ureq::config::AutoHeaderValue::None)
-            .max_idle_connections(workers.max(16))
-            .max_idle_connections_per_host(workers.max(16))
-            .input_buffer_size(16 * 1024)
-            .output_buffer_size(16 * 1024)
-            .no_delay(true)
-            .build();
-        let agent = ureq::Agent::with_parts(
-            agent_config,
-            ureq::unversioned::transport::DefaultConnector::new(),
-            UpstreamResolver(upstream.addr),
-        );
-        Ok(Http { agent, upstream, base, prefix: url.prefix.clone() })
+        // As many kept connections as calls can run at once.
+        let pool = Pool::new(upstream.addr, config.workers().max(16));
+        Ok(Http { pool, upstream, prefix: url.prefix.clone() })
     }
 }
 
-/// Every relayed request goes to the one upstream, resolved at startup: no DNS per call, and
-/// no getaddrinfo in the binary (it cannot work in a `FROM scratch` image anyway, and it is a
-/// fifth of a static binary's size).
-#[derive(Debug)]
-struct UpstreamResolver(std::net::SocketAddr);
-
-impl ureq::unversioned::resolver::Resolver for UpstreamResolver {
-    fn resolve(
-        &self,
-        _uri: &http::Uri,
-        _config: &ureq::config::Config,
-        _timeout: ureq::unversioned::transport::NextTimeout,
-    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
-        let mut addrs = self.empty();
-        addrs.push(self.0);
-        Ok(addrs)
-    }
-}
-
-/// Reads the client's body for ureq, remembering a client-side failure so it is reported as
+/// Reads the client's body for the relay, remembering a client-side failure so it is reported as
 /// the client's (4xx), not the upstream's.
 struct ClientBody<'a> {
     ex: &'a mut Exchange,
@@ -135,7 +91,7 @@ enum Failure {
     Client(BodyError),
     /// The body could not be held for `http_buffer_req_body` (e.g. a full $TMPDIR): ours.
     Buffer(io::Error),
-    Upstream(ureq::Error),
+    Upstream(relay::Failure),
     BadTarget,
 }
 
@@ -146,6 +102,10 @@ impl Handler for Http {
 
     fn wait_ready(&self) -> Result<(), String> {
         self.upstream.wait_ready()
+    }
+
+    fn close_sessions(&self) {
+        super::websocket::close_all(SESSION_CLOSE);
     }
 
     fn shutdown(&self) {
@@ -167,25 +127,20 @@ impl Handler for Http {
     fn handle(&self, mut ex: Exchange, ctx: &Context) -> Outcome {
         let super::handler::Limits { limit, respond_by } = super::handler::Limits::of(&ex.info, &ctx.config);
         let started = Instant::now();
-        let result = self.relay(&mut ex, ctx, limit, respond_by);
+        let limits = relay::Limits { ends_at: limit.map(|l| started + l), head_by: respond_by };
+        let result = self.relay(&mut ex, ctx, limits);
         let duration = seconds_f6(started.elapsed());
-        let response = match result {
-            Ok(response) => response,
+        let answer = match result {
+            Ok(answer) => answer,
             Err(failure) => return failed(ex, failure, &duration),
         };
-        let (parts, body) = response.into_parts();
-        let status = parts.status.as_u16();
+        let status = answer.status;
         let tokens =
-            connection_tokens(parts.headers.get_all("connection").iter().filter_map(|v| v.to_str().ok()));
-        let chunked = parts.headers.contains_key("transfer-encoding");
-        let length = if chunked {
-            None
-        } else {
-            parts.headers.get("content-length").and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-        };
-        // ureq hands header names over in lower case; they go back in the canonical form the Go
-        // watchdog writes (`Content-Type`, `X-Request-Id`).
-        let named: Vec<(String, &str)> = parts
+            connection_tokens(answer.headers.get_all("connection").iter().filter_map(|v| v.to_str().ok()));
+        let length = answer.body.length();
+        // Header names come in lower case; they go back in the canonical form the Go watchdog
+        // writes (`Content-Type`, `X-Request-Id`).
+        let named: Vec<(String, &str)> = answer
             .headers
             .iter()
             .filter(|(name, _)| *name != "content-length" && !hop_by_hop(name.as_str(), &tokens))
@@ -194,7 +149,7 @@ impl Handler for Http {
         let mut headers: Vec<(&str, &str)> = named.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         headers.push(("X-Duration-Seconds", &duration));
 
-        let mut reader = body.into_reader();
+        let mut reader = answer.body;
         if length.is_none() && ex.needs_length() {
             // An HTTP/1.0 keep-alive client needs the length up front.
             let mut spool = Spool::new(BUFFERED_BODY_MEMORY);
@@ -260,42 +215,33 @@ impl Http {
         &self,
         ex: &mut Exchange,
         ctx: &Context,
-        limit: Option<Duration>,
-        respond_by: Option<Instant>,
-    ) -> Result<http::Response<ureq::Body>, Failure> {
-        let target = origin_form(&ex.info.uri).ok_or(Failure::BadTarget)?;
-        let uri = format!("{}{}", self.base, target);
-        let mut builder = http::Request::builder().method(ex.info.method.as_str()).uri(uri.as_str());
+        limits: relay::Limits,
+    ) -> Result<relay::Answer<'_>, Failure> {
+        let origin = origin_form(&ex.info.uri).ok_or(Failure::BadTarget)?;
+        let target = format!("{}{}", self.prefix, origin);
+        let method = ex.info.method.clone();
         let tokens = connection_tokens(
             ex.headers().filter(|(k, _)| k.eq_ignore_ascii_case("connection")).map(|(_, v)| v),
         );
-        for (name, value) in ex.headers() {
-            if name.eq_ignore_ascii_case("content-length") || hop_by_hop(name, &tokens) {
-                continue;
-            }
-            // A name or value the http crate refuses is skipped, not fatal for the call.
-            if let (Ok(n), Ok(v)) =
-                (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(value))
-            {
-                builder = builder.header(n, v);
-            }
-        }
+        let owned: Vec<(String, String)> = ex
+            .headers()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("content-length") && !hop_by_hop(name, &tokens))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let deadlines = &ctx.deadlines;
         let mut failed = None;
-        let configure = Timing { limit, respond_by };
         let buffer = ctx.config.buffer_body || ex.info.preloaded;
+        let mut out = Outgoing { method: &method, target: &target, headers: &headers, body: Body::None };
         let result = match ex.info.framing {
-            Framing::Empty if ex.header("content-length").is_some() || sends_body(&ex.info.method) => {
+            Framing::Empty if ex.header("content-length").is_some() || sends_body(&method) => {
                 // An empty body the client framed (`Content-Length: 0`), or a POST, PUT or PATCH
                 // without one: `Content-Length: 0`, as Go's client sends, never an empty chunked
                 // body (a server may not read chunked bodies at all).
-                let req =
-                    builder.header("content-length", 0).body(&[][..]).map_err(|_| Failure::BadTarget)?;
-                self.agent.run(configure.apply(&self.agent, req))
+                out.body = Body::Bytes(&[]);
+                self.pool.call(&mut out, deadlines, limits)
             }
-            Framing::Empty => {
-                let req = builder.body(()).map_err(|_| Failure::BadTarget)?;
-                self.agent.run(configure.apply(&self.agent, req))
-            }
+            Framing::Empty => self.pool.call(&mut out, deadlines, limits),
             Framing::Length(_) | Framing::Chunked if buffer => {
                 // Read whole (bounded memory: a spool), then sent with its Content-Length.
                 let mut spool = Spool::new(BUFFERED_BODY_MEMORY);
@@ -311,39 +257,32 @@ impl Http {
                         Err(e) => return Err(Failure::Client(e)),
                     }
                 }
-                let builder = builder.header("content-length", spool.len());
-                match spool.as_slice() {
-                    Some(bytes) => {
-                        let req = builder.body(bytes).map_err(|_| Failure::BadTarget)?;
-                        self.agent.run(configure.apply(&self.agent, req))
-                    }
-                    None => {
-                        let mut reader = spool.reader().map_err(Failure::Buffer)?;
-                        let req = builder
-                            .body(ureq::SendBody::from_reader(&mut reader))
-                            .map_err(|_| Failure::BadTarget)?;
-                        self.agent.run(configure.apply(&self.agent, req))
-                    }
+                drop(buf);
+                let len = spool.len();
+                if spool.as_slice().is_some() {
+                    out.body = Body::Bytes(spool.as_slice().unwrap_or_default());
+                    self.pool.call(&mut out, deadlines, limits)
+                } else {
+                    let mut reader = spool.reader().map_err(Failure::Buffer)?;
+                    out.body = Body::Sized(len, &mut reader);
+                    self.pool.call(&mut out, deadlines, limits)
                 }
             }
             Framing::Length(n) => {
                 let mut body = ClientBody { ex, failed: &mut failed };
-                let req = builder
-                    .header("content-length", n)
-                    .body(ureq::SendBody::from_reader(&mut body))
-                    .map_err(|_| Failure::BadTarget)?;
-                self.agent.run(configure.apply(&self.agent, req))
+                out.body = Body::Sized(n, &mut body);
+                self.pool.call(&mut out, deadlines, limits)
             }
             Framing::Chunked => {
                 let mut body = ClientBody { ex, failed: &mut failed };
-                let req =
-                    builder.body(ureq::SendBody::from_reader(&mut body)).map_err(|_| Failure::BadTarget)?;
-                self.agent.run(configure.apply(&self.agent, req))
+                out.body = Body::Chunked(&mut body);
+                self.pool.call(&mut out, deadlines, limits)
             }
         };
         match (result, failed) {
             (_, Some(client)) => Err(Failure::Client(client)),
-            (Ok(response), None) => Ok(response),
+            (Ok(answer), None) => Ok(answer),
+            (Err(relay::Failure::Request(_)), None) => Err(Failure::BadTarget),
             (Err(e), None) => Err(Failure::Upstream(e)),
         }
     }
@@ -352,24 +291,6 @@ impl Http {
 /// Methods whose requests carry a body, even an empty one.
 fn sends_body(method: &str) -> bool {
     matches!(method, "POST" | "PUT" | "PATCH")
-}
-
-/// The call's time limits, as ureq timeouts.
-struct Timing {
-    limit: Option<Duration>,
-    respond_by: Option<Instant>,
-}
-
-impl Timing {
-    fn apply<S: ureq::AsSendBody>(&self, agent: &ureq::Agent, req: http::Request<S>) -> http::Request<S> {
-        let cfg = agent.configure_request(req).timeout_global(self.limit);
-        let cfg = match self.respond_by {
-            // The response head must arrive in time for the response to start by write_timeout.
-            Some(t) => cfg.timeout_recv_response(Some(t.saturating_duration_since(Instant::now()))),
-            None => cfg,
-        };
-        cfg.build()
-    }
 }
 
 fn respond_error(ex: Exchange, status: u16, duration: &str) -> Outcome {
@@ -400,15 +321,15 @@ fn failed(ex: Exchange, failure: Failure, duration: &str) -> Outcome {
             super::handler::text(ex, 500, &msg, &headers)
         }
         Failure::Upstream(e) => {
-            let status = match &e {
-                ureq::Error::Timeout(_) => 504,
-                ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => 500,
-                ureq::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused => 500,
-                _ => 502,
+            let (status, why) = match e {
+                relay::Failure::TimedOut => (504, String::new()),
+                relay::Failure::Connect(e) => (500, e.to_string()),
+                relay::Failure::Upstream(why) | relay::Failure::Request(why) => (502, why),
+                relay::Failure::ClientBody => (502, "the request body could not be read".into()),
             };
             match status {
                 504 => log::warn!("Upstream HTTP killed due to exec_timeout: {method} {uri}"),
-                _ => log::error!("Upstream HTTP request error: {method} {uri}: {e}"),
+                _ => log::error!("Upstream HTTP request error: {method} {uri}: {why}"),
             }
             respond_error(ex, status, duration)
         }

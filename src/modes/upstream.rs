@@ -56,7 +56,7 @@ impl Upstream {
         let config = &ctx.config;
         let mut f = ctx
             .children
-            .spawn(&config.argv, &[])
+            .spawn_bound(&config.argv)
             .map_err(|e| format!("cannot start the upstream {:?}: {e}", config.fprocess))?;
         log::info!("Forking: {}, arguments: {:?}", config.argv[0], &config.argv[1..]);
         drop(f.stdin.take());

@@ -12,10 +12,16 @@
 //! most, each holding a `max_inflight` place while it is open (taken by the caller), as in the
 //! Go watchdog. A session counts as one request with code 101 when it ends, its duration the
 //! session's length.
+//!
+//! When a drain ends, open sessions are closed as websockets close: each side gets a close
+//! frame (1001, going away) from the watchdog, where its side of the relay stands between two
+//! frames, and a moment to answer before the connections are cut. The relay follows the frame
+//! boundaries of both directions for that (`Frames`), nothing more.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use crate::http_server::{ClientSide, Exchange, Upgraded, canonical_name, origin_form};
@@ -31,6 +37,12 @@ const MAX_HEAD: usize = 64 * 1024;
 const HANDSHAKE: Duration = Duration::from_secs(30);
 
 static RELAYS: AtomicUsize = AtomicUsize::new(0);
+
+/// The open sessions, for the close frames at the end of a drain.
+static SESSIONS: Mutex<Vec<Weak<Sides>>> = Mutex::new(Vec::new());
+
+/// A close frame with code 1001 (going away), as a server sends it (unmasked).
+const GOING_AWAY: [u8; 4] = [0x88, 0x02, 0x03, 0xe9];
 
 /// Headers that describe one connection (RFC 9110 §7.6.1); the upgrade's own two are written
 /// by us.
@@ -97,7 +109,29 @@ pub(crate) fn relay(ex: Exchange, ctx: &Context, upstream: SocketAddr, prefix: &
     }
     let _ = up.set_read_timeout(None);
     let _ = up.set_write_timeout(None);
-    let session = Session { client, up, relay, log };
+    let up_side = match up.try_clone() {
+        Ok(u) => u,
+        Err(e) => {
+            log::error!("cannot relay a websocket session: {e}");
+            let _ = up.shutdown(Shutdown::Both);
+            client.client_side().shutdown();
+            client.complete(101);
+            log.write(Outcome { status: 101, bytes: 0 });
+            return;
+        }
+    };
+    let sides = Arc::new(Sides {
+        client: client.client_side(),
+        up: up_side,
+        to_client: Mutex::new(Frames::default()),
+        to_upstream: Mutex::new(Frames::default()),
+    });
+    {
+        let mut open = SESSIONS.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|s| s.strong_count() > 0);
+        open.push(Arc::downgrade(&sides));
+    }
+    let session = Session { client, up, relay, log, sides };
     if let Err(e) = crate::threads::spawn("fw-websocket", move || session.run()) {
         log::error!("cannot start a websocket relay thread: {e}");
     }
@@ -298,11 +332,125 @@ struct Session {
     up: TcpStream,
     relay: RelayPlace,
     log: CallLog,
+    sides: Arc<Sides>,
+}
+
+/// Where each direction of a session stands; a direction's bytes are written under its lock,
+/// so a close frame can go in between two frames.
+struct Sides {
+    client: ClientSide,
+    up: TcpStream,
+    to_client: Mutex<Frames>,
+    to_upstream: Mutex<Frames>,
+}
+
+impl Sides {
+    /// Sends each side a close frame (1001) if its direction stands between two frames, and
+    /// relays nothing more to it. Returns whether both got one.
+    fn going_away(&self) -> bool {
+        let mut to_client = self.to_client.lock().unwrap_or_else(PoisonError::into_inner);
+        let client_ok = to_client.at_boundary() && self.client.send(&GOING_AWAY).is_ok();
+        to_client.closed = true;
+        drop(to_client);
+        let mut to_up = self.to_upstream.lock().unwrap_or_else(PoisonError::into_inner);
+        let up_ok = to_up.at_boundary() && (&self.up).write_all(&masked(&GOING_AWAY, mask_key())).is_ok();
+        to_up.closed = true;
+        client_ok && up_ok
+    }
+}
+
+/// At the end of a drain: every open session gets its close frames, then up to `wait` for
+/// both sides to answer and the session to end, before its connections are cut.
+pub(crate) fn close_all(wait: Duration) {
+    let open: Vec<Arc<Sides>> = {
+        let mut open = SESSIONS.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|s| s.strong_count() > 0);
+        open.iter().filter_map(Weak::upgrade).collect()
+    };
+    if open.is_empty() {
+        return;
+    }
+    let closed = open.iter().filter(|s| s.going_away()).count();
+    log::info!("Closing {} websocket sessions (1001 going away): {closed} at a frame boundary", open.len());
+    drop(open);
+    let until = Instant::now() + wait;
+    while RELAYS.load(Ordering::Acquire) > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A frame as a client sends it: the payload masked with `key` (RFC 6455 §5.3).
+fn masked(frame: &[u8; 4], key: [u8; 4]) -> [u8; 8] {
+    let mut out = [frame[0], frame[1] | 0x80, key[0], key[1], key[2], key[3], 0, 0];
+    for (i, b) in frame[2..].iter().enumerate() {
+        out[6 + i] = b ^ key[i % 4];
+    }
+    out
+}
+
+/// A masking key: it only has to be unpredictable to the client's JavaScript, which never
+/// sees this frame, so the clock's nanoseconds do.
+fn mask_key() -> [u8; 4] {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (nanos ^ 0x5a5a_a5a5).to_le_bytes()
+}
+
+/// Where a byte stream of websocket frames stands: inside a frame or between two.
+#[derive(Default)]
+struct Frames {
+    /// Header bytes of the next frame seen so far.
+    head: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+    /// The watchdog closed this direction: nothing more is relayed.
+    closed: bool,
+}
+
+impl Frames {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len() as u64) as usize;
+                self.remaining -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            self.head[self.have] = data[0];
+            self.have += 1;
+            data = &data[1..];
+            if self.have < 2 {
+                continue;
+            }
+            let masked = self.head[1] & 0x80 != 0;
+            let short = self.head[1] & 0x7f;
+            let ext = match short {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let total = 2 + ext + if masked { 4 } else { 0 };
+            if self.have < total {
+                continue;
+            }
+            self.remaining = match ext {
+                0 => u64::from(short),
+                2 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
+                _ => u64::from_be_bytes(self.head[2..10].try_into().unwrap_or([0xff; 8])),
+            };
+            self.have = 0;
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.remaining == 0
+    }
 }
 
 impl Session {
     fn run(self) {
-        let Session { mut client, up, relay, log } = self;
+        let Session { mut client, up, relay, log, sides } = self;
         let to_client = client.client_side();
         // Bytes relayed to the client (the 101 head excluded), for the log line.
         let mut sent = 0u64;
@@ -312,7 +460,7 @@ impl Session {
             // after the head first.
             let inbound = crate::threads::spawn_scoped(s, || {
                 if let Ok(mut w) = up_write {
-                    let _ = copy(&mut client, &mut w);
+                    let _ = copy(&mut client, &mut w, &sides.to_upstream);
                 }
                 end_both(&up, &to_client);
             });
@@ -323,9 +471,15 @@ impl Session {
                 match reader.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
+                        let mut frames = sides.to_client.lock().unwrap_or_else(PoisonError::into_inner);
+                        if frames.closed {
+                            // The watchdog closed this side: what follows is not relayed.
+                            continue;
+                        }
                         if to_client.send(&buf[..n]).is_err() {
                             break;
                         }
+                        frames.feed(&buf[..n]);
                         sent += n as u64;
                     }
                 }
@@ -345,7 +499,7 @@ fn end_both(up: &TcpStream, client: &ClientSide) {
     client.shutdown();
 }
 
-fn copy(reader: &mut Upgraded, w: &mut impl Write) -> io::Result<u64> {
+fn copy(reader: &mut Upgraded, w: &mut impl Write, frames: &Mutex<Frames>) -> io::Result<u64> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut total = 0;
     loop {
@@ -355,7 +509,13 @@ fn copy(reader: &mut Upgraded, w: &mut impl Write) -> io::Result<u64> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        let mut frames = frames.lock().unwrap_or_else(PoisonError::into_inner);
+        if frames.closed {
+            // The watchdog closed this side: what follows is not relayed.
+            continue;
+        }
         w.write_all(&buf[..n])?;
+        frames.feed(&buf[..n]);
         total += n as u64;
     }
 }
@@ -363,6 +523,37 @@ fn copy(reader: &mut Upgraded, w: &mut impl Write) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frame_boundaries_are_followed_across_pieces() {
+        // (frame bytes, masked): short, 16-bit and 64-bit lengths, empty payloads.
+        let mut stream = Vec::new();
+        stream.extend_from_slice(&[0x81, 0x03, b'a', b'b', b'c']);
+        stream.extend_from_slice(&[0x82, 0x80 | 126, 0x01, 0x00, 1, 2, 3, 4]);
+        stream.extend(std::iter::repeat_n(7u8, 256));
+        stream.extend_from_slice(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        stream.extend(std::iter::repeat_n(9u8, 65536));
+        stream.extend_from_slice(&GOING_AWAY);
+        stream.extend_from_slice(&[0x89, 0x00]);
+        let ends = [5, 5 + 8 + 256, 5 + 8 + 256 + 10 + 65536, stream.len() - 2, stream.len()];
+        for piece in [1, 2, 3, 7, 100, 4096, stream.len()] {
+            let mut f = Frames::default();
+            let mut at = 0;
+            for chunk in stream.chunks(piece) {
+                f.feed(chunk);
+                at += chunk.len();
+                assert_eq!(f.at_boundary(), ends.contains(&at), "piece {piece}, at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_masked_close_frame_unmasks_to_its_code() {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        let m = masked(&GOING_AWAY, key);
+        assert_eq!(&m[..2], &[0x88, 0x82]);
+        assert_eq!([m[6] ^ key[0], m[7] ^ key[1]], [0x03, 0xe9]);
+    }
 
     #[test]
     fn chunked_bodies_are_decoded_once_complete() {

@@ -11,7 +11,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_fwatchdog");
+/// The binary under test: `FWATCHDOG_BIN` (scripts/test.sh sets it to the shipped release
+/// binary, while the test programs themselves are built without LTO), else the one cargo built
+/// with the tests.
+pub fn bin() -> String {
+    std::env::var("FWATCHDOG_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_fwatchdog").to_string())
+}
 /// Generous: these tests run on loaded 2-core CI machines.
 pub const STARTUP: Duration = Duration::from_secs(15);
 
@@ -132,16 +140,16 @@ impl Watchdog {
         let tmpdir = TempDir::new("tmp");
         let mut cmd = if opts.pid_namespace {
             let mut c = Command::new("unshare");
-            c.args(["--pid", "--fork", "--kill-child", "--", BIN]);
+            c.args(["--pid", "--fork", "--kill-child", "--", &bin()]);
             c
         } else if let Some(size) = opts.tmpfs_tmpdir {
             // unshare and sh exec in turn, so the child's pid is the watchdog's.
             let mut c = Command::new("unshare");
             let script = format!("mount -t tmpfs -o size={size} fwtest \"$TMPDIR\" && exec \"$0\"");
-            c.args(["-m", "--propagation", "private", "sh", "-c", &script, BIN]);
+            c.args(["-m", "--propagation", "private", "sh", "-c", &script, &bin()]);
             c
         } else {
-            Command::new(BIN)
+            Command::new(bin())
         };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
@@ -466,7 +474,7 @@ pub fn read_until_closed(s: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool
 
 /// Runs the binary to completion: (exit code, stdout, stderr).
 pub fn run_bin(args: &[&str], env: &[(&str, &str)], tmpdir: &Path) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -537,7 +545,20 @@ pub fn skip(why: &str) {
     if std::env::var_os("FWATCHDOG_REQUIRE_ALL").is_some() {
         panic!("FWATCHDOG_REQUIRE_ALL is set but this test would be skipped: {why}");
     }
+    skipped(why);
+}
+
+/// Says that a test is skipped on purpose (set up so by the caller, not for a missing tool).
+pub fn skipped(why: &str) {
     eprintln!("SKIPPED: {why}");
+    // cargo shows a passing test's output only with --nocapture: the test command collects
+    // skips in this file and sums them up at the end.
+    if let Some(path) = std::env::var_os("FWATCHDOG_SKIP_LOG") {
+        let test = std::thread::current().name().unwrap_or("?").to_string();
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).create(true).open(path) {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
 }
 
 /// Whether this process may create mount namespaces (root); prints why a test is skipped if not.

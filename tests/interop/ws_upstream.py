@@ -26,6 +26,8 @@ async def handler(ws):
             await ws.close(int(msg[6:]), "bye")
             return
         await ws.send(msg)
+    # Said on stderr, which the watchdog logs: how the session ended on this side.
+    print(f"upstream: session closed with code {ws.close_code}", file=sys.stderr, flush=True)
 
 
 async def main():

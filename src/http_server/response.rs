@@ -197,6 +197,14 @@ impl ResponseWriter {
         if let Some(held) = &mut self.held {
             return held.push(data);
         }
+        if self.framing == Framing::Length(self.sent) && !data.is_empty() {
+            // These are the body's last bytes: whoever counts the answer does it before the
+            // client can have it all (a client that reads its answer, then the metrics, sees
+            // its call counted).
+            if let Some(c) = self.completion.take() {
+                c.complete(self.status);
+            }
+        }
         let head = self.pending_head.take().unwrap_or_default();
         let result = match self.framing {
             Framing::Nothing => self.socket().send_all(&head),

@@ -54,7 +54,13 @@ fn utc(secs: i64) -> Civil {
 /// Local time as the C library sees it (TZ, /etc/localtime); UTC when it cannot tell, as in a
 /// `FROM scratch` image.
 fn local(secs: i64) -> Civil {
-    let t = secs as libc::time_t;
+    // On armv7 the C library's time_t is 32 bits and ends in January 2038: past it (or before
+    // 1901) the date is ours, in UTC, rather than a wrapped one.
+    #[allow(clippy::unnecessary_fallible_conversions, reason = "time_t is i32 on 32-bit targets")]
+    let fits = libc::time_t::try_from(secs).ok();
+    let Some(t) = fits else {
+        return utc(secs);
+    };
     // SAFETY: localtime_r only writes into the tm we pass; a zeroed tm is a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
@@ -158,6 +164,14 @@ mod tests {
         }
         assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), None);
         assert_eq!(parse_http_date("garbage"), None);
+    }
+
+    #[test]
+    fn log_dates_past_2038_are_not_wrapped() {
+        // 2100-01-01T00:00:00Z: a year either side of it, whatever the local zone.
+        let c = local(4_102_444_800);
+        assert!((2099..=2100).contains(&c.year), "{}", c.year);
+        assert_eq!(local(2_147_483_648 + 86_400).year, 2038);
     }
 
     #[test]

@@ -3,6 +3,7 @@ Text messages steer it: "close:<code>" closes with that code, "abort" drops the 
 "exit" ends the process. A handshake to /refuse gets 403."""
 import asyncio
 import os
+import signal
 import sys
 from http import HTTPStatus
 
@@ -31,6 +32,10 @@ async def handler(ws):
 
 
 async def main():
+    # On SIGTERM: exit a moment later, without closing sessions itself (a close code it logs
+    # then came from the other side), and without losing a line it is about to print.
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: loop.call_later(0.3, os._exit, 0))
     async with serve(handler, "127.0.0.1", int(sys.argv[1]), max_size=None, compression=None,
                      ping_interval=None, process_request=process_request):
         await asyncio.Future()

@@ -108,6 +108,11 @@ struct Held {
     deadline: Option<(DeadlineGuard, Arc<Cutoff>)>,
     stream: TcpStream,
     reused: bool,
+    /// Whether the connection may carry another call after this one: not after a chunked
+    /// body, which upstreams that do not read chunked bodies (Python's http.server, many small
+    /// servers) answer as if it were empty, then take what follows for a request of its own
+    /// and answer or close it, unasked, a moment later, while the connection waits in the pool.
+    keep: bool,
 }
 
 impl Held {
@@ -119,7 +124,7 @@ impl Held {
     fn release(mut self, pool: &Pool, reusable: bool) {
         let expired = self.expired();
         self.deadline = None;
-        if reusable && !expired {
+        if reusable && !expired && self.keep {
             pool.put(self.stream);
         }
     }
@@ -183,7 +188,8 @@ impl Pool {
             }
             let (stream, reused) = self.take(fresh).map_err(Failure::Connect)?;
             let deadline = first.map(|at| cut_at(deadlines, at, &stream));
-            let held = Held { deadline, stream, reused };
+            let keep = !matches!(req.body, Body::Chunked(_));
+            let held = Held { deadline, stream, reused, keep };
             match self.attempt(req, held, deadlines, limits) {
                 Attempt::Done(answer) => return Ok(answer),
                 Attempt::Failed(f) => return Err(f),

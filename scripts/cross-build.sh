@@ -8,7 +8,7 @@
 # Results: target/aarch64-unknown-linux-gnu/release/fwatchdog and
 # target/armv7-unknown-linux-gnueabihf/release/fwatchdog, static (crt-static), stripped.
 #
-# The chroot is made once and kept (FWATCHDOG_CHROOT, default /var/tmp/fwatchdog-trixie; about
+# The chroot is made once and kept (FWATCHDOG_CHROOT, default target/debian-trixie; about
 # 1.7 GB; a few minutes to set up). The crates are vendored on the host (`cargo vendor`), so the
 # build inside needs no network. Rust comes from trixie-backports at a pinned version
 # (FWATCHDOG_DEBIAN_RUST; trixie's own 1.85 lacks let chains, which the code uses): the
@@ -29,7 +29,7 @@ esac
 [ "$(id -u)" = 0 ] || { echo "cross-build.sh needs root (debootstrap, chroot)" >&2; exit 1; }
 command -v debootstrap >/dev/null || { echo "cross-build.sh needs debootstrap (apt-get install debootstrap)" >&2; exit 1; }
 
-root=${FWATCHDOG_CHROOT:-/var/tmp/fwatchdog-trixie}
+root=${FWATCHDOG_CHROOT:-$repo/target/debian-trixie}
 mirror=${FWATCHDOG_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 rust_version=${FWATCHDOG_DEBIAN_RUST:-1.96.1+dfsg1-2~bpo13+1}
 

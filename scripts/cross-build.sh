@@ -3,10 +3,11 @@
 # boards), built with Debian 13's Rust in a debootstrap'd chroot (rustup cannot add targets on
 # the build machine; Debian ships each target's standard library as a package).
 #
-#   scripts/cross-build.sh [aarch64|armv7|all]      (default: all; needs root and debootstrap)
+#   scripts/cross-build.sh [--jwt] [aarch64|armv7|all]   (default: all; needs root and debootstrap)
 #
 # Results: target/aarch64-unknown-linux-gnu/release/fwatchdog and
-# target/armv7-unknown-linux-gnueabihf/release/fwatchdog, static (crt-static), stripped.
+# target/armv7-unknown-linux-gnueabihf/release/fwatchdog, static (crt-static), stripped; with
+# --jwt, built with the `jwt` feature into target/jwt/<triple>/release/fwatchdog.
 #
 # The chroot is made once and kept (FWATCHDOG_CHROOT, default target/debian-trixie; about
 # 1.7 GB; a few minutes to set up). The crates are vendored on the host (`cargo vendor`), so the
@@ -19,6 +20,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
+out=target
+features=""
+if [ "${1:-}" = --jwt ]; then out=target/jwt; features="--features jwt"; shift; fi
 want=${1:-all}
 case "$want" in
     aarch64) targets=(aarch64) ;;
@@ -106,8 +110,8 @@ sha=${FWATCHDOG_GIT_SHA:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unk
 for t in "${targets[@]}"; do
     triple=$(triple_of "$t")
     echo "== building fwatchdog for $triple with $(in_root rustc --version)" >&2
-    in_root sh -c "cd /build/fwatchdog && FWATCHDOG_GIT_SHA=$sha cargo build --offline --locked --release --target $triple" >&2
-    mkdir -p "target/$triple/release"
-    cp "$build/target/$triple/release/fwatchdog" "target/$triple/release/fwatchdog"
-    echo "target/$triple/release/fwatchdog: $(stat -c %s "target/$triple/release/fwatchdog") bytes" >&2
+    in_root sh -c "cd /build/fwatchdog && FWATCHDOG_GIT_SHA=$sha cargo build --offline --locked --release --target $triple $features" >&2
+    mkdir -p "$out/$triple/release"
+    cp "$build/target/$triple/release/fwatchdog" "$out/$triple/release/fwatchdog"
+    echo "$out/$triple/release/fwatchdog: $(stat -c %s "$out/$triple/release/fwatchdog") bytes" >&2
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The ARM binaries, tested under emulation: built by scripts/cross-build.sh, then run by
 # qemu-user (Debian's qemu-user-static) through the public conformance suite and a few checks
-# of what a 32-bit address space changes.
+# of what a 32-bit address space changes; the builds with the `jwt` feature through the
+# jwt_auth tests (tests/jwt_auth.rs: every algorithm and curve, on 32 and 64 bits).
 #
 #   scripts/test-arm.sh [aarch64|armv7|all]      (default: all; needs root, debootstrap, qemu-user-static)
 #
@@ -25,6 +26,7 @@ done
 [ -n "$suite" ] || { echo "test-arm.sh needs the conformance suite (../shared/conformance or CONFORMANCE_DIR)" >&2; exit 1; }
 
 scripts/cross-build.sh "$want"
+scripts/cross-build.sh --jwt "$want"
 
 work=$(mktemp -d)
 trap 'pkill -P $$ >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
@@ -92,5 +94,19 @@ for arch in "${arches[@]}"; do
     kill "$wd"
     wait "$wd" || true
     if grep -q panicked "$work/$arch-wd.log"; then echo "$arch: a panic:" >&2; grep -A3 panicked "$work/$arch-wd.log" >&2; failed=1; fi
+
+    # The jwt build: the jwt_auth tests, through emulation (the test programs run natively).
+    jwt_bin=$(readlink -f "target/jwt/$triple/release/fwatchdog")
+    jwt_wrapper="$work/fwatchdog-jwt-$arch"
+    printf '#!/bin/sh\nexec %s %s "$@"\n' "$qemu" "$jwt_bin" > "$jwt_wrapper"
+    chmod +x "$jwt_wrapper"
+    echo "== $arch jwt: $(stat -c %s "$jwt_bin") bytes" >&2
+    if FWATCHDOG_BIN="$wrapper" FWATCHDOG_JWT_BIN="$jwt_wrapper" \
+        cargo test --quiet --profile test-programs --test jwt_auth > "$work/$arch-jwt.log" 2>&1; then
+        echo "$arch jwt_auth tests: $(grep 'test result' "$work/$arch-jwt.log" | tail -1)" >&2
+    else
+        grep -B2 -A12 'panicked' "$work/$arch-jwt.log" >&2 || tail -30 "$work/$arch-jwt.log" >&2
+        failed=1
+    fi
 done
 exit "$failed"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The scratch image (Dockerfile.scratch), built with podman from the prebuilt static binaries
 # for linux/amd64, and linux/arm64 and linux/arm/v7 when scripts/cross-build.sh has built them,
-# as one multi-arch manifest; then the amd64 image run for real, as Kubernetes and OpenFaaS run
-# it.
+# as one multi-arch manifest, in two flavours: fwatchdog:latest, and fwatchdog:latest-jwt
+# built with the `jwt` feature (jwt_auth); then the amd64 images run for real, as Kubernetes
+# and OpenFaaS run them.
 #
 #   scripts/test-images.sh      (needs root, podman, runc and busybox-static; no registry)
 #
@@ -44,33 +45,41 @@ check() { # WHAT EXPECTED ACTUAL
 
 # ---------------------------------------------------------------- build
 scripts/build-static.sh >/dev/null
-declare -A binary=(
-    [amd64]=target/x86_64-unknown-linux-gnu/release/fwatchdog
-    [arm64]=target/aarch64-unknown-linux-gnu/release/fwatchdog
-    [arm]=target/armv7-unknown-linux-gnueabihf/release/fwatchdog
-)
-podman manifest rm localhost/fwatchdog:latest >/dev/null 2>&1 || true
-podman manifest create localhost/fwatchdog:latest >/dev/null
-for arch in amd64 arm64 arm; do
-    bin=${binary[$arch]}
-    if [ ! -f "$bin" ]; then
-        echo "note: no $bin (scripts/cross-build.sh makes it): no linux/$arch image" >&2
-        continue
-    fi
-    ctx="$work/build-$arch"
-    mkdir -p "$ctx/out/rootfs"
-    cp "$bin" "$ctx/out/rootfs/fwatchdog"
-    mkdir -m 1777 "$ctx/out/rootfs/tmp"
-    variant=()
-    [ "$arch" = arm ] && variant=(--variant v7)
-    podman build --quiet --pull=never --format docker --arch "$arch" "${variant[@]}" -f Dockerfile.scratch \
-        --build-context build="$ctx" -t "localhost/fwatchdog:$arch" . >/dev/null
-    podman manifest add localhost/fwatchdog:latest "containers-storage:localhost/fwatchdog:$arch" >/dev/null
-    size=$(podman image inspect --format '{{.Size}}' "localhost/fwatchdog:$arch")
-    check "linux/$arch image ($size bytes) holds the $arch binary" "$arch" \
-        "$(podman image inspect --format '{{.Architecture}}' "localhost/fwatchdog:$arch")"
+scripts/build-static.sh --jwt >/dev/null
+for flavour in "" -jwt; do
+    dir=target
+    [ "$flavour" = -jwt ] && dir=target/jwt
+    declare -A binary=(
+        [amd64]=$dir/x86_64-unknown-linux-gnu/release/fwatchdog
+        [arm64]=$dir/aarch64-unknown-linux-gnu/release/fwatchdog
+        [arm]=$dir/armv7-unknown-linux-gnueabihf/release/fwatchdog
+    )
+    manifest=localhost/fwatchdog:latest$flavour
+    podman manifest rm "$manifest" >/dev/null 2>&1 || true
+    podman manifest create "$manifest" >/dev/null
+    for arch in amd64 arm64 arm; do
+        bin=${binary[$arch]}
+        if [ ! -f "$bin" ]; then
+            echo "note: no $bin (scripts/cross-build.sh makes it): no linux/$arch$flavour image" >&2
+            continue
+        fi
+        ctx="$work/build-$arch$flavour"
+        mkdir -p "$ctx/out/rootfs"
+        cp "$bin" "$ctx/out/rootfs/fwatchdog"
+        mkdir -m 1777 "$ctx/out/rootfs/tmp"
+        variant=()
+        [ "$arch" = arm ] && variant=(--variant v7)
+        tag=localhost/fwatchdog:$arch$flavour
+        podman build --quiet --pull=never --format docker --arch "$arch" "${variant[@]}" -f Dockerfile.scratch \
+            --build-context build="$ctx" -t "$tag" . >/dev/null
+        podman manifest add "$manifest" "containers-storage:$tag" >/dev/null
+        size=$(podman image inspect --format '{{.Size}}' "$tag")
+        check "linux/$arch$flavour image ($size bytes) holds the $arch binary" "$arch" \
+            "$(podman image inspect --format '{{.Architecture}}' "$tag")"
+    done
+    echo "manifest $manifest: $(podman manifest inspect "$manifest" | grep -c '"architecture"') platforms" >&2
+    unset binary
 done
-echo "manifest: $(podman manifest inspect localhost/fwatchdog:latest | grep -c '"architecture"') platforms" >&2
 
 # ---------------------------------------------------------------- run (amd64)
 image=localhost/fwatchdog:amd64
@@ -146,6 +155,28 @@ podman run -d --name fwt-template --network host --health-interval disable -e po
     localhost/fwatchdog-test-fn >/dev/null
 healthy $((port + 40)) || podman logs fwt-template >&2
 check "template pattern: the function answers" "olleh" "$(printf hello | curl -s --data-binary @- "http://127.0.0.1:$((port + 40))/" | tr -d '\n')"
+
+# jwt_auth: the default image refuses it and names the one that has it; the -jwt image, under
+# the restricted profile, checks tokens of a test OIDC issuer (tests/interop/oidc_issuer.py,
+# PyJWT) whose key set is at http://localhost:<port>/keys: the name is resolved inside the
+# empty image by the static binary.
+run fwt-nojwt $((port + 50)) -e fprocess="/bin/busybox cat" -e jwt_auth=true "$image"
+for _ in $(seq 1 50); do [ "$(podman inspect --format '{{.State.Running}}' fwt-nojwt)" = false ] && break; sleep 0.1; done
+check "jwt_auth in the default image: exits" "1" "$(exit_code fwt-nojwt)"
+podman logs fwt-nojwt 2>&1 | grep -q -- "-jwt" || { echo "FAIL: the default image does not name the -jwt one" >&2; failed=1; }
+python3 tests/interop/oidc_issuer.py --port $((port + 60)) >/dev/null 2>&1 &
+issuer_pid=$!
+for _ in $(seq 1 100); do curl -fs -o /dev/null "http://127.0.0.1:$((port + 60))/keys" && break; sleep 0.1; done
+run fwt-jwt $((port + 70)) "${restricted[@]}" -e fprocess="/bin/busybox cat" -e jwt_auth=true \
+    -e jwt_auth_discovery_url="http://127.0.0.1:$((port + 60))/.well-known/openid-configuration" \
+    -e OPENFAAS_NAME=fn1 -e OPENFAAS_NAMESPACE=openfaas-fn localhost/fwatchdog:amd64-jwt
+healthy $((port + 70)) || podman logs fwt-jwt >&2
+iss="http://localhost:$((port + 60))"
+token=$(curl -s -X POST "http://127.0.0.1:$((port + 60))/mint" \
+    -d "{\"claims\": {\"iss\": \"$iss\", \"aud\": \"$iss\", \"function\": {\"permissions\": [\"openfaas-fn:*\"]}}, \"exp_in\": 300}")
+check "jwt image: no token" "401" "$(curl -s -o /dev/null -w '%{http_code}' --data-binary x "http://127.0.0.1:$((port + 70))/")"
+check "jwt image: a token" "signed" "$(curl -s -H "Authorization: Bearer $token" --data-binary signed "http://127.0.0.1:$((port + 70))/")"
+kill "$issuer_pid" 2>/dev/null || true
 
 podman image rm localhost/fwatchdog-test-fn localhost/fwatchdog-test-base >/dev/null 2>&1 || true
 exit "$failed"

@@ -7,16 +7,21 @@ cd "$(dirname "$0")/.."
 
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
+# The `jwt` feature (jwt_auth) builds apart, in target/jwt.
+cargo clippy --release --all-targets --features jwt --target-dir target/jwt -- -D warnings
 # Modules under src/ import one another without a cycle.
 python3 scripts/check_imports.py
 scripts/build-static.sh
 # The tests run the shipped binary (release profile); the test programs themselves are built
 # with a quicker profile. Skipped tests are listed at the end.
 cargo build --release
+cargo build --release --features jwt --target-dir target/jwt
 skips=$(mktemp)
 trap 'rm -f "$skips"' EXIT
-FWATCHDOG_BIN="$(pwd)/target/release/fwatchdog" FWATCHDOG_SKIP_LOG="$skips" \
-    cargo test --profile test-programs --no-fail-fast
+FWATCHDOG_BIN="$(pwd)/target/release/fwatchdog" FWATCHDOG_JWT_BIN="$(pwd)/target/jwt/release/fwatchdog" \
+    FWATCHDOG_SKIP_LOG="$skips" cargo test --profile test-programs --no-fail-fast
+# The jwt feature's own unit tests (token rules, patterns, URLs).
+cargo test --profile test-programs --features jwt --target-dir target/jwt --bin fwatchdog
 # The deployment examples: Kubernetes schema and Pod Security, the OpenFaaS stack file.
 python3 scripts/check_examples.py
 

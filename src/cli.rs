@@ -48,7 +48,11 @@ Variables (the README's Configuration table has the details):
   log_callid, log_call_id           append the X-Call-Id to request log lines
   ready_path                        /_/ready answers with GET <ready_path>'s status
   log_format                        text or json
-  jwt_auth                          refused (an OpenFaaS Enterprise feature)
+  jwt_auth                          calls need an OpenFaaS IAM function token (`jwt` builds)
+  jwt_auth_local                    jwt_auth: the gateway port-forwarded to 127.0.0.1:8000
+  jwt_auth_debug                    jwt_auth: log the issuer, keys and each token
+  jwt_auth_discovery_url            jwt_auth: another OpenID discovery document
+  OPENFAAS_NAME, OPENFAAS_NAMESPACE  jwt_auth: the function's name and namespace
 
 A second SIGTERM or SIGINT (Ctrl-C) during the drain exits at once.";
 

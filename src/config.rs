@@ -94,6 +94,24 @@ pub(crate) struct Config {
     pub(crate) log_callid: bool,
     pub(crate) ready_path: Option<String>,
     pub(crate) log_format: LogFormat,
+    /// `jwt_auth=true`: calls need an OpenFaaS IAM function token (read by the `jwt` feature).
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))]
+    pub(crate) jwt_auth: Option<JwtAuth>,
+}
+
+/// jwt_auth's settings, and the function's identity as the environment gives it.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "jwt"), allow(dead_code))]
+pub(crate) struct JwtAuth {
+    /// Discovery at the port-forwarded gateway (`jwt_auth_local`).
+    pub(crate) local: bool,
+    pub(crate) debug: bool,
+    /// `jwt_auth_discovery_url`: another discovery document than the gateway's.
+    pub(crate) discovery_url: Option<String>,
+    /// `OPENFAAS_NAME`.
+    pub(crate) name: Option<String>,
+    /// `OPENFAAS_NAMESPACE`; unset: the service account's namespace file.
+    pub(crate) namespace: Option<String>,
 }
 
 impl Config {
@@ -296,10 +314,19 @@ where
     let vars: HashMap<String, String> = vars.into_iter().collect();
     let mut env = Env { vars: &vars, warnings: Vec::new() };
 
-    if env.boolean(&["jwt_auth"], false, false) {
+    let jwt_auth = env.boolean(&["jwt_auth"], false, false).then(|| JwtAuth {
+        local: env.boolean(&["jwt_auth_local"], false, false),
+        debug: env.boolean(&["jwt_auth_debug"], false, false),
+        discovery_url: env.get(&["jwt_auth_discovery_url"]).map(|(_, v)| v.to_string()),
+        name: env.get(&["OPENFAAS_NAME"]).map(|(_, v)| v.to_string()),
+        // Set means set, even empty, as in the Go watchdog.
+        namespace: vars.get("OPENFAAS_NAMESPACE").cloned(),
+    });
+    if jwt_auth.is_some() && !cfg!(feature = "jwt") {
         return Err(ConfigError(
-            "jwt_auth=true is not supported: JWT authentication is an OpenFaaS Enterprise feature \
-             of the Go watchdog; put authentication in the gateway or the function"
+            "jwt_auth=true needs a build with JWT support: this fwatchdog was built without the `jwt` \
+             feature; use the fwatchdog-jwt binary or the image tagged -jwt (cargo build --release \
+             --features jwt)"
                 .into(),
         ));
     }
@@ -494,6 +521,7 @@ where
         log_callid,
         ready_path,
         log_format,
+        jwt_auth,
     };
     Ok((config, env.warnings))
 }
@@ -713,8 +741,10 @@ mod tests {
         assert!(e.contains("port"), "{e}");
         let e = err(&[("fprocess", "sh -c 'echo")]);
         assert!(e.contains("unterminated"), "{e}");
-        let e = err(&[("fprocess", "cat"), ("jwt_auth", "true")]);
-        assert!(e.contains("jwt_auth"), "{e}");
+        if !cfg!(feature = "jwt") {
+            let e = err(&[("fprocess", "cat"), ("jwt_auth", "true")]);
+            assert!(e.contains("without the `jwt` feature"), "{e}");
+        }
         let e = err(&[("mode", "static"), ("static_path", "/definitely/not/here")]);
         assert!(e.contains("static_path"), "{e}");
         let e = err(&[("fprocess", "cat"), ("ready_path", "/bad%zz")]);

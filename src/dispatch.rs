@@ -5,7 +5,9 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use crate::auth::{Denial, Gate};
 use crate::config::Mode;
 use crate::http_server::{self, Exchange, RequestInfo, Service};
 use crate::lifecycle::Lifecycle;
@@ -21,6 +23,8 @@ pub(crate) struct Dispatcher {
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) limiter: Arc<Limiter>,
     pub(crate) metrics: Arc<Metrics>,
+    /// jwt_auth's check, passed by every call after its admission.
+    gate: Gate,
 }
 
 impl Dispatcher {
@@ -30,8 +34,9 @@ impl Dispatcher {
         lifecycle: Arc<Lifecycle>,
         limiter: Arc<Limiter>,
         metrics: Arc<Metrics>,
+        gate: Gate,
     ) -> Arc<Dispatcher> {
-        Arc::new_cyclic(|me| Dispatcher { me: me.clone(), ctx, handler, lifecycle, limiter, metrics })
+        Arc::new_cyclic(|me| Dispatcher { me: me.clone(), ctx, handler, lifecycle, limiter, metrics, gate })
     }
 
     /// The call's log line, as the configuration wants it.
@@ -67,6 +72,9 @@ impl Dispatcher {
             self.metrics.observe_queue_wait(admitted.waited);
         }
         self.count(&mut ex, Some(admitted.slot));
+        if let Err(denial) = self.gate.check(&mut ex) {
+            return deny(ex, denial);
+        }
         let config = &self.ctx.config;
         if config.read_debug || config.write_debug {
             let cap = config.log_buffer_size.unwrap_or(usize::MAX);
@@ -152,9 +160,21 @@ impl Dispatcher {
             return self.refuse(ex, Refusal::Busy);
         };
         self.count(&mut ex, Some(slot));
+        if let Err(denial) = self.gate.check(&mut ex) {
+            return deny(ex, denial);
+        }
         let log = self.call_log(&ex.info, &ex.info.method, &ex.info.uri);
         self.handler.upgrade(ex, &self.ctx, log);
     }
+}
+
+/// A call jwt_auth refused: counted as a call, and logged with the Go watchdog's line
+/// (`POST / - 401 ACCESS DENIED - (0s)`) instead of the call's.
+fn deny(ex: Exchange, denial: Denial) {
+    let (method, path) = (ex.info.method.clone(), String::from_utf8_lossy(&ex.info.path).into_owned());
+    ex.respond(denial.status, &denial.headers(), denial.body().as_bytes());
+    let took = Duration::from_millis(denial.took.as_secs_f64().mul_add(1000.0, 0.5) as u64);
+    log::info!("{method} {path} - {} ACCESS DENIED - ({})", denial.status, crate::duration::format_go(took));
 }
 
 impl Service for Dispatcher {

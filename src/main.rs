@@ -13,6 +13,7 @@
 //! mode lives in one file under `modes/` and runs function processes through `process` and
 //! `child_io`; `run` starts it all in order and drains it on SIGTERM.
 
+mod auth;
 mod cgi;
 mod cgi_response;
 mod child_io;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
+use crate::auth::Gate;
 use crate::config::{Config, Mode};
 use crate::deadlines::Deadlines;
 use crate::dispatch::Dispatcher;
@@ -51,6 +52,22 @@ pub(crate) fn run(config: Config) -> i32 {
     };
     process::raise_nofile_limit();
     http_server::install_panic_hook();
+    let deadlines = match Deadlines::start() {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("cannot start the deadline thread: {e}");
+            return 1;
+        }
+    };
+    // jwt_auth's issuer before the port is bound, as the Go watchdog does: until it answers,
+    // connections are refused rather than left waiting.
+    let gate = match Gate::start(&config, &deadlines) {
+        Ok(g) => g,
+        Err(e) => {
+            log::error!("Error: error creating JWTAuthMiddleware: {e}");
+            return 1;
+        }
+    };
 
     let bound = match http_server::bind(config.port, config.write_timeout) {
         Ok(b) => b,
@@ -84,13 +101,6 @@ pub(crate) fn run(config: Config) -> i32 {
             return 1;
         }
     };
-    let deadlines = match Deadlines::start() {
-        Ok(d) => d,
-        Err(e) => {
-            log::error!("cannot start the deadline thread: {e}");
-            return 1;
-        }
-    };
     let limiter =
         Limiter::new(config.max_inflight, config.max_workers, config.queue_timeout, config.queue_size);
     let metrics = Arc::new(Metrics::new(Arc::clone(&limiter)));
@@ -114,7 +124,8 @@ pub(crate) fn run(config: Config) -> i32 {
         return 1;
     }
     spawn_signal_thread(signals, pid1, Arc::clone(&children), events_tx);
-    let wd = Dispatcher::new(ctx, handler, lifecycle, Arc::clone(&limiter), Arc::clone(&metrics));
+    let jwt_line = gate.closed().then_some("JWT Auth: true");
+    let wd = Dispatcher::new(ctx, handler, lifecycle, Arc::clone(&limiter), Arc::clone(&metrics), gate);
     let service: Arc<dyn Service> = wd.clone();
     let server = match HttpServer::start(bound, settings, service) {
         Ok(s) => s,
@@ -127,6 +138,9 @@ pub(crate) fn run(config: Config) -> i32 {
     log::info!("{}", config.timeouts_line());
     log::info!("{}", config.concurrency_line());
     log::info!("{}", config.logging_line());
+    if let Some(line) = jwt_line {
+        log::info!("{line}");
+    }
     log::info!("Listening on port: {port}");
 
     if let Err(e) = wd.handler.wait_ready() {

@@ -249,6 +249,8 @@ pub(crate) struct Exchange {
     pub(crate) info: RequestInfo,
     body: BodyReader,
     responder: Responder,
+    /// Request headers set by the watchdog, in place of the client's of the same name.
+    replaced: Vec<(&'static str, String)>,
 }
 
 impl Exchange {
@@ -296,15 +298,27 @@ impl Exchange {
                 end: Arc::clone(&end),
             },
             responder: Responder { proto, completion: None, log: None, end },
+            replaced: Vec::new(),
             info,
         })
     }
 
-    /// The request headers, in order, as sent.
+    /// The request headers, in order, as sent, then those the watchdog set (`set_header`).
     pub(crate) fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
         let req = self.body.req.as_ref();
+        let replaced = &self.replaced;
         req.into_iter()
             .flat_map(|r| r.headers().iter().map(|h| (h.field.as_str().as_str(), h.value.as_str())))
+            .filter(move |(k, _)| !replaced.iter().any(|(name, _)| name.eq_ignore_ascii_case(k)))
+            .chain(replaced.iter().map(|(name, value)| (*name, value.as_str())))
+    }
+
+    /// Sets a request header for whoever handles the call, replacing the client's (jwt_auth's
+    /// `X-Auth-Seconds`).
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))]
+    pub(crate) fn set_header(&mut self, name: &'static str, value: String) {
+        self.replaced.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.replaced.push((name, value));
     }
 
     pub(crate) fn header(&self, name: &str) -> Option<&str> {

@@ -6,7 +6,7 @@
 mod fork;
 mod handler;
 pub(crate) mod http;
-mod relay;
+pub(crate) mod relay;
 pub(crate) mod serializing;
 pub(crate) mod static_files;
 pub(crate) mod streaming;

@@ -29,7 +29,8 @@ const OUTPUT: usize = 16 * 1024;
 /// Room for the answer's head; grown up to `MAX_ANSWER_HEAD` for an answer with huge headers.
 const INPUT: usize = 16 * 1024;
 const MAX_ANSWER_HEAD: usize = 1 << 20;
-/// A connect that takes longer than this fails (a local upstream accepts or refuses at once).
+/// A connect to the upstream that takes longer than this fails (a local upstream accepts or
+/// refuses at once).
 const CONNECT: Duration = Duration::from_secs(10);
 
 /// The kept-alive connections to the upstream.
@@ -37,6 +38,7 @@ pub(crate) struct Pool {
     addr: SocketAddr,
     idle: Mutex<Vec<TcpStream>>,
     keep: usize,
+    connect: Duration,
 }
 
 /// The request, as it goes to the upstream.
@@ -144,7 +146,14 @@ enum Attempt<T> {
 
 impl Pool {
     pub(crate) fn new(addr: SocketAddr, keep: usize) -> Pool {
-        Pool { addr, idle: Mutex::new(Vec::new()), keep }
+        Pool { addr, idle: Mutex::new(Vec::new()), keep, connect: CONNECT }
+    }
+
+    /// A connect that takes longer than `limit` fails (jwt_auth's GETs of the issuer).
+    #[cfg_attr(not(feature = "jwt"), allow(dead_code))]
+    pub(crate) fn connect_timeout(mut self, limit: Duration) -> Pool {
+        self.connect = limit;
+        self
     }
 
     /// A kept connection the upstream has not closed, or a new one.
@@ -159,7 +168,7 @@ impl Pool {
                 }
             }
         }
-        let s = TcpStream::connect_timeout(&self.addr, CONNECT)?;
+        let s = TcpStream::connect_timeout(&self.addr, self.connect)?;
         s.set_nodelay(true)?;
         Ok((s, false))
     }

@@ -20,6 +20,20 @@ pub fn bin() -> String {
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_fwatchdog").to_string())
 }
+/// The binary built with the `jwt` feature: `FWATCHDOG_JWT_BIN` (scripts/test.sh builds it into
+/// target/jwt), else that place if a build is there; `None` (and a skip) without one.
+pub fn jwt_bin() -> Option<String> {
+    let candidate = std::env::var("FWATCHDOG_JWT_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| format!("{}/target/jwt/release/fwatchdog", env!("CARGO_MANIFEST_DIR")));
+    if Path::new(&candidate).is_file() {
+        return Some(candidate);
+    }
+    skip(&format!("no fwatchdog built with the jwt feature at {candidate} (scripts/test.sh builds it)"));
+    None
+}
+
 /// Generous: these tests run on loaded 2-core CI machines.
 pub const STARTUP: Duration = Duration::from_secs(15);
 
@@ -115,6 +129,8 @@ pub struct Options {
     pub nofile: Option<u64>,
     /// Put TMPDIR on a tmpfs of this many bytes (a mount namespace of its own: needs root).
     pub tmpfs_tmpdir: Option<u64>,
+    /// Another binary than `bin()` (the `jwt` build).
+    pub bin: Option<String>,
 }
 
 impl Options {
@@ -125,6 +141,7 @@ impl Options {
             pid_namespace: false,
             nofile: None,
             tmpfs_tmpdir: None,
+            bin: None,
         }
     }
 }
@@ -138,18 +155,19 @@ impl Watchdog {
 
     pub fn start_with(opts: Options) -> Watchdog {
         let tmpdir = TempDir::new("tmp");
+        let program = || opts.bin.clone().unwrap_or_else(bin);
         let mut cmd = if opts.pid_namespace {
             let mut c = Command::new("unshare");
-            c.args(["--pid", "--fork", "--kill-child", "--", &bin()]);
+            c.args(["--pid", "--fork", "--kill-child", "--", &program()]);
             c
         } else if let Some(size) = opts.tmpfs_tmpdir {
             // unshare and sh exec in turn, so the child's pid is the watchdog's.
             let mut c = Command::new("unshare");
             let script = format!("mount -t tmpfs -o size={size} fwtest \"$TMPDIR\" && exec \"$0\"");
-            c.args(["-m", "--propagation", "private", "sh", "-c", &script, &bin()]);
+            c.args(["-m", "--propagation", "private", "sh", "-c", &script, &program()]);
             c
         } else {
-            Command::new(bin())
+            Command::new(program())
         };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
@@ -474,7 +492,17 @@ pub fn read_until_closed(s: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool
 
 /// Runs the binary to completion: (exit code, stdout, stderr).
 pub fn run_bin(args: &[&str], env: &[(&str, &str)], tmpdir: &Path) -> (i32, String, String) {
-    let out = Command::new(bin())
+    run_program(&bin(), args, env, tmpdir)
+}
+
+/// `run_bin` with another build of the watchdog.
+pub fn run_program(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    tmpdir: &Path,
+) -> (i32, String, String) {
+    let out = Command::new(program)
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

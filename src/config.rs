@@ -325,8 +325,8 @@ where
     if jwt_auth.is_some() && !cfg!(feature = "jwt") {
         return Err(ConfigError(
             "jwt_auth=true needs a build with JWT support: this fwatchdog was built without the `jwt` \
-             feature; use the fwatchdog-jwt binary or the image tagged -jwt (cargo build --release \
-             --features jwt)"
+             feature; use the image tagged -jwt, or build with --features jwt \
+             (scripts/build-static.sh --jwt)"
                 .into(),
         ));
     }

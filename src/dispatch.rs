@@ -1,7 +1,7 @@
 //! Routing each request: the one place that decides what a request is (health, readiness, a
 //! websocket, a function call) and who answers it. It runs on the thread that took the request
 //! from the HTTP server; answers that are not calls are written at once, and calls run on the
-//! same thread once admitted (`limiter`).
+//! same thread once admitted (`limiter`) and let through by jwt_auth's gate (`auth`).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Weak};

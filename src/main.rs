@@ -9,9 +9,10 @@
 //!
 //! The design is synchronous. `http_server` accepts and reads requests with tiny_http and owns
 //! everything about connections (its module note explains how, and where each of tiny_http's
-//! quirks is handled); `dispatch` decides what each request is; `limiter` admits calls; each
-//! mode lives in one file under `modes/` and runs function processes through `process` and
-//! `child_io`; `run` starts it all in order and drains it on SIGTERM.
+//! quirks is handled); `dispatch` decides what each request is; `limiter` admits calls; `auth`
+//! checks jwt_auth's tokens (the `jwt` feature); each mode lives in one file under `modes/` and
+//! runs function processes through `process` and `child_io`; `run` starts it all in order and
+//! drains it on SIGTERM.
 
 mod auth;
 mod cgi;

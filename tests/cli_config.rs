@@ -171,7 +171,7 @@ fn fatal_configuration_exits_1_with_one_clear_line() {
         ),
         (&[("fprocess", "cat"), ("write_timeout", "0")], "write timeout must be over 0s"),
         (&[("fprocess", "sh -c 'oops")], "unterminated ' quote"),
-        (&[("fprocess", "cat"), ("jwt_auth", "true")], "jwt_auth=true is not supported"),
+        (&[("fprocess", "cat"), ("jwt_auth", "true")], "jwt_auth=true needs a build with JWT support"),
         (&[("mode", "http"), ("fprocess", "srv")], "upstream_url"),
     ];
     for (env, needle) in cases {

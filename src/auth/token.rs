@@ -317,6 +317,44 @@ mod tests {
         }
     }
 
+    /// Mangled tokens (bytes cut, swapped, replaced) are refused with a reason, never a panic.
+    #[test]
+    fn mangled_tokens_are_refused_without_panicking() {
+        let keys = KeySet::parse(br#"{"keys": []}"#).expect("an empty key set parses");
+        let claims = r#"{"iss":"http://iss","aud":["http://iss"],"exp":1e300,"nbf":-1e300,"function":{"permissions":["*"],"audience":[1]}}"#;
+        let good = token(claims);
+        let alphabet = b"AZaz09-_.=+/ \"{}[]:,\x00\xff";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let mut bytes = good.clone().into_bytes();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[at] = alphabet[(next() as usize) % alphabet.len()],
+                    1 => bytes.truncate(at.max(1)),
+                    _ => bytes.insert(at, alphabet[(next() as usize) % alphabet.len()]),
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(t) = Token::parse(&text) {
+                let _ = t.verify(&keys);
+                let _ = t.validate("http://iss", 1.0);
+                let _ = t.function_claim();
+                let _ = t.describe();
+            }
+        }
+        let t = Token::parse(&good).expect("parses");
+        assert_eq!(t.validate("http://iss", 1.0), Ok(()));
+        assert!(t.function_claim().is_err(), "an audience entry that is not a string");
+        assert_eq!(t.verify(&keys), Err(Rejected::UnknownKid("k1".into())));
+    }
+
     #[test]
     fn malformed_tokens_say_why() {
         let table: &[(&str, &str)] = &[

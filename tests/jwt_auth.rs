@@ -533,6 +533,9 @@ fn a_rotated_key_is_fetched_again_at_most_every_thirty_seconds() {
     let started = Instant::now();
     let wd = start(&bin, &issuer, &[("fprocess", "cat"), ("jwt_auth_debug", "true")]);
     assert_eq!(issuer.key_fetches(), 1);
+    // A token of the old key, verified (and remembered) before the rotation.
+    let old = bearer(&issuer.token(GRANT));
+    assert_eq!(call(&wd, Some(&old)).status, 200);
     request(issuer.port, "POST", "/rotate", &[], b"{}");
     let i = issuer.url();
     let spec = format!(
@@ -549,6 +552,10 @@ fn a_rotated_key_is_fetched_again_at_most_every_thirty_seconds() {
     let r = call(&wd, Some(&next));
     assert_eq!(r.status, 200, "the new key is learnt: {}", r.text());
     assert_eq!(issuer.key_fetches(), 2);
+    // The old key is gone from the new set: its token, verified before, is not taken on trust.
+    let r = call(&wd, Some(&old));
+    assert_eq!(r.status, 401, "a token of a key no longer published: {}", r.text());
+    assert!(r.text().contains("invalid kid: rsa\n"), "{}", r.text());
     // Another unknown kid right after: no new fetch.
     let unknown =
         bearer(&issuer.mint(&spec.replace(r#""key": "rsa_next""#, r#""key": "rsa_next", "kid": "later""#)));
@@ -558,6 +565,34 @@ fn a_rotated_key_is_fetched_again_at_most_every_thirty_seconds() {
     assert!(log.contains("[JWT Auth] Issuer: ") && log.contains("[JWT Auth] Key: rsa"), "{log}");
     assert!(log.contains("[JWT Auth] Token: audience: ["), "{log}");
     assert!(log.contains("JWT Auth: true"), "{log}");
+}
+
+/// A token used again is remembered only for its signature: its time claims are checked on
+/// every call, so a token that expires while in use stops passing.
+#[test]
+fn a_token_used_again_is_still_refused_once_expired() {
+    let Some(bin) = ready() else { return };
+    let issuer = Issuer::start("normal");
+    let wd = start(&bin, &issuer, &[("fprocess", "cat")]);
+    let i = issuer.url();
+    let minted = Instant::now();
+    let token =
+        bearer(&issuer.mint(&format!(
+            r#"{{"claims": {{"iss": "{i}", "aud": "{i}", "function": {GRANT}}}, "exp_in": 4}}"#
+        )));
+    for _ in 0..3 {
+        let r = call(&wd, Some(&token));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    if minted.elapsed() > Duration::from_secs(3) {
+        skip("the machine is too slow for a 4 s token's first calls; nothing checked");
+        return;
+    }
+    // Past exp and the second of leeway, with a margin.
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(minted.elapsed()));
+    let r = call(&wd, Some(&token));
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.text().contains("token is expired"), "{}", r.text());
 }
 
 /// jwt_auth_local reads the discovery document of a port-forwarded gateway on 127.0.0.1:8000.

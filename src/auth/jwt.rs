@@ -17,6 +17,7 @@ use super::denial::Denial;
 use super::fetch;
 use super::keys::KeySet;
 use super::token::{self, Rejected, Token};
+use super::verified::{self, Verified};
 use crate::config::JwtAuth;
 use crate::deadlines::Deadlines;
 
@@ -45,6 +46,8 @@ pub(crate) struct Authenticator {
     keys: RwLock<Arc<KeySet>>,
     /// When the key set was last fetched; held while a refetch runs.
     fetched: Mutex<Instant>,
+    /// Tokens this key set verified already (only their signature check is skipped).
+    verified: Verified,
     deadlines: Arc<Deadlines>,
 }
 
@@ -93,6 +96,7 @@ impl Authenticator {
                         debug: cfg.debug,
                         keys: RwLock::new(Arc::new(set)),
                         fetched: Mutex::new(Instant::now()),
+                        verified: Verified::new(),
                         deadlines,
                     });
                 }
@@ -173,15 +177,19 @@ impl Authenticator {
         if self.debug {
             log::info!("[JWT Auth] Token: {}", token.describe());
         }
-        match token.verify(&self.keys()) {
-            Ok(()) => {}
-            Err(Rejected::UnknownKid(kid)) => {
-                if !self.refresh() {
-                    return Err(invalid(reason(Rejected::UnknownKid(kid))));
+        let fingerprint = verified::fingerprint(compact);
+        if !self.verified.contains(&fingerprint) {
+            let generation = self.verified.generation();
+            match token.verify(&self.keys()) {
+                Ok(()) => self.verified.insert(fingerprint, generation),
+                Err(Rejected::UnknownKid(kid)) => {
+                    if !self.refresh() {
+                        return Err(invalid(reason(Rejected::UnknownKid(kid))));
+                    }
+                    token.verify(&self.keys()).map_err(|r| invalid(reason(r)))?;
                 }
-                token.verify(&self.keys()).map_err(|r| invalid(reason(r)))?;
+                Err(r) => return Err(invalid(reason(r))),
             }
-            Err(r) => return Err(invalid(reason(r))),
         }
         token.validate(&self.issuer, now()).map_err(|r| invalid(reason(r)))?;
         let (permissions, audience) = token.function_claim().map_err(|r| invalid(reason(r)))?;
@@ -207,6 +215,7 @@ impl Authenticator {
             Ok(Ok(set)) if !set.keys.is_empty() => {
                 log::info!("JWT auth: key set fetched again: keys {:?}", set.kids());
                 *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+                self.verified.renew();
                 true
             }
             Ok(Ok(_)) => {

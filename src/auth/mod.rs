@@ -5,7 +5,8 @@
 //!
 //! With the feature, a call must carry an OpenFaaS IAM function token (`Authorization: Bearer`):
 //! `jwt` holds the authenticator (startup, key set, refetch), `token` the token's rules,
-//! `keys` the key set and signatures, `fetch` the GETs of the issuer's documents.
+//! `keys` the key set and signatures, `verified` the tokens whose signature was checked already,
+//! `fetch` the GETs of the issuer's documents.
 
 #[cfg(feature = "jwt")]
 mod b64;
@@ -18,6 +19,8 @@ mod jwt;
 mod keys;
 #[cfg(feature = "jwt")]
 mod token;
+#[cfg(feature = "jwt")]
+mod verified;
 
 use std::sync::Arc;
 #[cfg(feature = "jwt")]

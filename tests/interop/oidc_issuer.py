@@ -8,7 +8,8 @@ Endpoints:
   GET  /.well-known/openid-configuration  issuer and jwks_uri (http://localhost:<port>/keys)
   GET  /keys                              the published keys
   POST /mint    {"key": name, "alg": alg, "kid": kid or null (omit: the key's name),
-                 "claims": {...}, "exp_in": s, "nbf_in": s, "no_kid": bool}
+                 "claims": {...}, "exp_in": s, "nbf_in": s, "no_kid": bool, "count": n}
+                count > 1: n distinct tokens (a `jti` each), one per line
                 exp_in / nbf_in set exp / nbf to now + s (fractions kept)
   POST /rotate  publish "rsa_next" in place of "rsa"
   GET  /stats   {"key_fetches": n}
@@ -135,8 +136,12 @@ class Handler(BaseHTTPRequestHandler):
         alg = body.get("alg", "RS256")
         headers = {} if body.get("no_kid") else {"kid": body.get("kid") or name}
         key = None if alg == "none" else KEYS[name]
-        token = jwt.encode(claims, key, algorithm=alg, headers=headers)
-        self.send(200, token, "text/plain")
+        count = int(body.get("count", 1))
+        if count == 1:
+            return self.send(200, jwt.encode(claims, key, algorithm=alg, headers=headers), "text/plain")
+        # Distinct tokens (a `jti` each), one per line: scripts/bench-jwt.sh's fresh tokens.
+        tokens = [jwt.encode(dict(claims, jti=str(i)), key, algorithm=alg, headers=headers) for i in range(count)]
+        self.send(200, "\n".join(tokens) + "\n", "text/plain")
 
 
 def main():

@@ -178,8 +178,7 @@ impl Authenticator {
             log::info!("[JWT Auth] Token: {}", token.describe());
         }
         let fingerprint = verified::fingerprint(compact);
-        if !self.verified.contains(&fingerprint) {
-            let generation = self.verified.generation();
+        if let Some(generation) = self.verified.unverified(&fingerprint) {
             match token.verify(&self.keys()) {
                 Ok(()) => self.verified.insert(fingerprint, generation),
                 Err(Rejected::UnknownKid(kid)) => {

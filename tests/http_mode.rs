@@ -3,14 +3,9 @@
 mod common;
 
 use std::io::{BufReader, Read, Write};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 /// A Python upstream that answers every request with a JSON echo of what it received.
 fn echo_upstream(dir: &TempDir, port: u16) -> String {

@@ -170,7 +170,7 @@ fn a_real_prometheus_scrapes_the_watchdog() {
         ),
     )
     .expect("config");
-    let prom_port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let prom_port = free_port();
     let mut prom = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", dir.path("data").display()))

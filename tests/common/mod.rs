@@ -608,9 +608,32 @@ pub fn can_mount() -> bool {
     ok
 }
 
-/// A port nobody listens on right now (for upstreams the tests start).
+/// A port nobody listens on right now, for an upstream a test starts. It is taken below the
+/// kernel's ephemeral range: a port from there (what binding port 0 gives) is free again once
+/// this function returns, and a connection another test opens meanwhile (a hundred websocket
+/// sessions, Autobahn) may take it as its local port before the upstream binds it. Never the
+/// same port twice in one test program; programs start at different points (their pid).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_low.saturating_sub(12_000).max(1024);
+    let span = ephemeral_low.saturating_sub(low);
+    if span < 1000 {
+        return std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    }
+    let start = std::process::id().wrapping_mul(997) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free port left in {low}..{ephemeral_low}");
+        let port = (low + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `tests/interop`: helper programs on real frameworks (Python `websockets`, Node `ws`, ...).
